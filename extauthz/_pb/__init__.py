@@ -1,0 +1,1 @@
+"""Generated protobuf/gRPC modules (see extauthz.protogen). Do not edit."""

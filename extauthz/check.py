@@ -1,0 +1,174 @@
+"""The Check core: request bytes in, response bytes and an audit record out.
+
+Transport-independent (grpcio today, any HTTP/2 server tomorrow) and fail-closed: every failure
+in here ends as a deny CheckResponse, never as an exception.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from google.protobuf.message import DecodeError
+
+from extauthz import response
+from extauthz._pb.envoy.service.auth.v3 import external_auth_pb2 as ext
+from extauthz.audit import rfc3339_now
+from extauthz.identity import Identity, establish
+from extauthz.policy.engine import Engine
+from extauthz.request import RequestView, from_check_request
+
+log = logging.getLogger("extauthz.check")
+
+# Deny reasons produced here (the policy engine adds allowed / denied_by_policy /
+# no_matching_policy). A closed set: they are a metrics label.
+REASON_INVALID_PATH = "invalid_request"
+REASON_MALFORMED = "malformed_check_request"
+REASON_INVALID_PEER = "invalid_peer_identity"
+REASON_NO_POLICY = "no_policy_loaded"
+REASON_INTERNAL = "internal_error"
+
+
+@dataclass(slots=True)
+class Decision:
+    allowed: bool
+    status: int  # HTTP status Envoy will answer (200 when allowed)
+    reason: str
+    decision_id: str
+    policy: str | None = None
+    rule: int | None = None
+    identity: Identity = field(default_factory=Identity)
+    error: str | None = None  # for the audit record: what was wrong with the input
+    audit_policies: tuple[str, ...] = ()
+    dry_run: tuple[tuple[str, str], ...] = ()
+    headers: tuple[tuple[str, str], ...] = ()  # identity headers set on allow
+    cache: str = "miss"
+
+
+def new_decision_id() -> str:
+    return uuid.uuid4().hex
+
+
+def decide(engine: Engine | None, req: RequestView) -> Decision:
+    """Decide one request. Pure: no I/O, no clock."""
+    decision_id = req.request_id or new_decision_id()
+    if engine is None:
+        return Decision(False, 403, REASON_NO_POLICY, decision_id)
+    if req.problem is not None:
+        return Decision(False, 400, REASON_INVALID_PATH, decision_id, error=req.problem)
+    identity = establish(req)
+    if req.source.principal and identity.peer is None:
+        return Decision(
+            False,
+            403,
+            REASON_INVALID_PEER,
+            decision_id,
+            identity=identity,
+            error="source principal is not a valid SPIFFE ID",
+        )
+    verdict = engine.evaluate(req, identity)
+    headers: tuple[tuple[str, str], ...] = ()
+    if verdict.allowed and identity.peer is not None:
+        headers = (("x-spiffe-id", str(identity.peer)),)
+    return Decision(
+        allowed=verdict.allowed,
+        status=200 if verdict.allowed else 403,
+        reason=verdict.reason,
+        decision_id=decision_id,
+        policy=verdict.policy,
+        rule=verdict.rule,
+        identity=identity,
+        audit_policies=verdict.audit,
+        dry_run=verdict.dry_run,
+        headers=headers,
+    )
+
+
+def render(decision: Decision) -> bytes:
+    if decision.allowed:
+        return response.allow(decision.headers)
+    return response.deny(decision.status, decision.decision_id, decision.reason)
+
+
+def audit_record(decision: Decision, req: RequestView | None, latency_us: int) -> dict[str, Any]:
+    """The audit record of one decision (see the interface spec for the field list)."""
+    r = req or RequestView()
+    return {
+        "time": rfc3339_now(),
+        "decision_id": decision.decision_id,
+        "allowed": decision.allowed,
+        "status": decision.status,
+        "reason": decision.reason,
+        "policy": decision.policy,
+        "rule": decision.rule,
+        "error": decision.error,
+        "source": {
+            "principal": r.source.principal or None,
+            "address": r.source.address or None,
+        },
+        "destination": {"principal": r.destination.principal or None},
+        "request": {"method": r.method, "host": r.host, "path": r.path},
+        "token": {"iss": None, "sub": None},
+        "cache": decision.cache,
+        "latency_us": latency_us,
+        "audit_policies": list(decision.audit_policies),
+        "dry_run": [{"policy": p, "result": res} for p, res in decision.dry_run],
+    }
+
+
+class CheckCore:
+    """Answers Check calls against whatever policy set ``current_engine`` returns right now."""
+
+    def __init__(self, current_engine: Callable[[], Engine | None]) -> None:
+        self._current_engine = current_engine
+
+    def check_message(self, msg: ext.CheckRequest) -> tuple[bytes, dict[str, Any], Decision]:
+        return self._check(lambda: msg)
+
+    def check(self, data: bytes) -> tuple[bytes, dict[str, Any], Decision]:
+        """Answer one serialized CheckRequest: (CheckResponse bytes, audit record, decision)."""
+        return self._check(lambda: ext.CheckRequest.FromString(data))
+
+    def _check(
+        self, parse: Callable[[], ext.CheckRequest]
+    ) -> tuple[bytes, dict[str, Any], Decision]:
+        start = time.perf_counter_ns()
+        req: RequestView | None = None
+        engine = self._current_engine()  # read once: the whole check sees one policy set
+        try:
+            try:
+                req = from_check_request(parse())
+            except (DecodeError, ValueError, UnicodeError) as exc:
+                decision = Decision(
+                    False, 403, REASON_MALFORMED, new_decision_id(), error=f"undecodable: {exc}"
+                )
+            else:
+                decision = decide(engine, req)
+            body = render(decision)
+        except Exception:  # fail closed, whatever happened
+            log.exception("internal error while checking a request")
+            decision = Decision(
+                False,
+                403,
+                REASON_INTERNAL,
+                (req.request_id if req else "") or new_decision_id(),
+                error="internal error",
+            )
+            body = response.STATIC_DENY
+            try:
+                body = render(decision)
+            except Exception:
+                log.exception("cannot render a deny response; using the static one")
+        latency_us = (time.perf_counter_ns() - start) // 1000
+        try:
+            record = audit_record(decision, req, latency_us)
+        except Exception:
+            log.exception("cannot build the audit record")
+            record = {"time": rfc3339_now(), "decision_id": decision.decision_id,
+                      "allowed": decision.allowed, "status": decision.status,
+                      "reason": decision.reason, "error": "audit record incomplete"}
+        return body, record, decision

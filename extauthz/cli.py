@@ -1,0 +1,165 @@
+"""The ``extauthz`` command line: serve, check, envoy-config, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from extauthz import __version__
+from extauthz.logs import setup_logging
+from extauthz.policy import PolicyError
+from extauthz.settings import SettingsError, build_settings
+
+EXIT_OK = 0
+EXIT_DENIED = 1
+EXIT_USAGE = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="extauthz", description="Zero-trust Envoy external authorization service."
+    )
+    p.add_argument("--version", action="version", version=f"extauthz {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the ext_authz gRPC service")
+    s.add_argument("--policies", metavar="DIR", help="policy directory (default ./policies)")
+    s.add_argument("--listen", metavar="ADDR", help="HOST:PORT or unix:/PATH (127.0.0.1:9191)")
+    s.add_argument("--workers", type=int, metavar="N", help="serving processes (default 1)")
+    s.add_argument("--metrics", metavar="ADDR", help="HOST:PORT for Prometheus /metrics")
+    s.add_argument("--audit-log", metavar="PATH", help="JSON Lines audit log; - is stdout")
+    s.add_argument(
+        "--trust-bundle", action="append", metavar="TD=PATH", help="trust bundle (repeatable)"
+    )
+    s.add_argument(
+        "--trusted-proxy", action="append", metavar="CIDR", help="trusted XFCC proxy (repeatable)"
+    )
+    s.add_argument("--root-namespace", metavar="NS", help="Istio root namespace (istio-system)")
+    s.add_argument("--threads", type=int, metavar="N", help="gRPC handler threads per worker")
+    s.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    s.add_argument("--config", metavar="FILE", help="YAML file of settings (flags win)")
+
+    c = sub.add_parser("check", help="decide one CheckRequest (proto3 JSON) offline")
+    c.add_argument("--policies", metavar="DIR", default="./policies")
+    c.add_argument("--trust-bundle", action="append", default=[], metavar="TD=PATH")
+    c.add_argument("--root-namespace", metavar="NS", default="istio-system")
+    c.add_argument("request", metavar="REQUEST", help="file with a CheckRequest in JSON, - for stdin")
+
+    e = sub.add_parser("envoy-config", help="print the Envoy configuration to use with extauthz")
+    e.add_argument(
+        "--endpoint",
+        action="append",
+        metavar="ADDR",
+        help="extauthz address(es) as Envoy should reach them (default 127.0.0.1:9191)",
+    )
+    e.add_argument("--timeout", type=float, default=0.25, metavar="SECONDS")
+    e.add_argument("--bootstrap", action="store_true", help="print a complete Envoy bootstrap")
+    e.add_argument("--listen-port", type=int, default=10000, help="with --bootstrap")
+    e.add_argument("--upstream", default="127.0.0.1:8080", help="with --bootstrap: HOST:PORT")
+    e.add_argument("--admin-port", type=int, default=9901, help="with --bootstrap")
+
+    d = sub.add_parser("demo", help="run extauthz behind a real Envoy with mTLS on example policies")
+    d.add_argument("--policies", metavar="DIR", default="./policies")
+    d.add_argument("--workdir", metavar="DIR", default=".demo")
+    d.add_argument("--port", type=int, default=10000, help="Envoy's HTTPS port")
+    d.add_argument("--duration", type=float, default=0, help="stop after SECONDS (0: run until ^C)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "check":
+            return _check(args)
+        if args.command == "envoy-config":
+            return _envoy_config(args)
+        if args.command == "demo":
+            from extauthz.demo import run_demo
+
+            return run_demo(args.policies, args.workdir, args.port, args.duration)
+    except KeyboardInterrupt:
+        return 130
+    return EXIT_USAGE
+
+
+def _serve(args: argparse.Namespace) -> int:
+    flags = {k: v for k, v in vars(args).items() if k not in ("command", "config")}
+    try:
+        settings = build_settings(args.config, flags)
+    except SettingsError as exc:
+        print(f"extauthz serve: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    setup_logging(settings.log_level)
+    from extauthz.server import serve
+
+    try:
+        return serve(settings)
+    except PolicyError as exc:
+        logging.getLogger("extauthz").error("cannot load policies: %s", exc)
+        print(f"extauthz serve: cannot load policies: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as exc:
+        print(f"extauthz serve: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _check(args: argparse.Namespace) -> int:
+    from google.protobuf import json_format
+
+    from extauthz._pb.envoy.service.auth.v3 import external_auth_pb2 as ext
+    from extauthz.check import CheckCore
+    from extauthz.policy import compile_policies, load_directory
+
+    try:
+        engine = compile_policies(load_directory(args.policies, root_namespace=args.root_namespace))
+    except PolicyError as exc:
+        print(f"extauthz check: cannot load policies: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        text = sys.stdin.read() if args.request == "-" else open(args.request).read()  # noqa: SIM115
+        msg = json_format.Parse(text, ext.CheckRequest())
+    except (OSError, json_format.ParseError, UnicodeDecodeError) as exc:
+        print(f"extauthz check: cannot read the CheckRequest: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    _, _record, decision = CheckCore(lambda: engine).check_message(msg)
+    out: dict[str, Any] = {
+        "allowed": decision.allowed,
+        "status": decision.status,
+        "reason": decision.reason,
+        "policy": decision.policy,
+        "rule": decision.rule,
+        "headers": dict(decision.headers) if decision.allowed else {},
+        "decision_id": decision.decision_id,
+    }
+    if decision.error:
+        out["error"] = decision.error
+    print(json.dumps(out, indent=2))
+    return EXIT_OK if decision.allowed else EXIT_DENIED
+
+
+def _envoy_config(args: argparse.Namespace) -> int:
+    from extauthz import envoy_config
+
+    endpoints = args.endpoint or ["127.0.0.1:9191"]
+    if args.bootstrap:
+        cfg = envoy_config.bootstrap(
+            listen_port=args.listen_port,
+            upstream=args.upstream,
+            authz_endpoints=endpoints,
+            admin_port=args.admin_port,
+            timeout_s=args.timeout,
+        )
+    else:
+        cfg = envoy_config.snippet(endpoints, timeout_s=args.timeout)
+    sys.stdout.write(envoy_config.render_yaml(cfg))
+    return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,175 @@
+"""The request view: one immutable, normalised picture of an Envoy CheckRequest.
+
+Everything after parsing (identity, policy, cache, audit) reads this view, never the proto.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+_EMPTY: Mapping[str, str] = MappingProxyType({})
+
+# Percent-escapes of RFC 3986 unreserved characters (ALPHA / DIGIT / "-" / "." / "_" / "~") must
+# never be encoded in a canonical path; encoded "/" and "\" hide segment boundaries.
+_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
+_HEX_UPPER = frozenset("0123456789ABCDEF")
+_HEX_ANY = frozenset("0123456789ABCDEFabcdef")
+# Characters allowed raw in a canonical path: RFC 3986 pchar plus "/" (no "#", "\", space, ...).
+_PATH_CHARS = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/%]*")
+# RFC 9110 token: a method never carries spaces or separators.
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+
+
+def path_problem(path: str) -> str | None:
+    """Return why ``path`` (the path part, query removed) is not canonical, or None when it is.
+
+    Canonical means: what Envoy sends with ``normalize_path`` and ``merge_slashes`` on, so that a
+    string comparison against policy paths cannot be bypassed by an equivalent spelling.
+    """
+    if not path.startswith("/"):
+        return "path does not start with '/'"
+    for ch in path:
+        o = ord(ch)
+        if o < 0x20 or o == 0x7F:
+            return "control character in path"
+        if ch == "\\":
+            return "backslash in path"
+        if ch == "#":
+            return "fragment in path"
+        if o > 0x7E:
+            return "non-ASCII character in path"
+    if not _PATH_CHARS.fullmatch(path):
+        return "character not allowed in a path"
+    if "//" in path:
+        return "empty path segment"
+    for segment in path.split("/"):
+        if segment in (".", ".."):
+            return "dot segment in path"
+    i = path.find("%")
+    while i != -1:
+        esc = path[i + 1 : i + 3]
+        if len(esc) != 2 or not set(esc) <= _HEX_ANY:
+            return "malformed percent-escape in path"
+        if not set(esc) <= _HEX_UPPER:
+            return "lower-case percent-escape in path"
+        byte = int(esc, 16)
+        if byte in (0x2F, 0x5C):
+            return "encoded slash or backslash in path"
+        if byte in _UNRESERVED:
+            return "encoded unreserved character in path"
+        if byte < 0x20 or byte == 0x7F:
+            return "encoded control character in path"
+        i = path.find("%", i + 3)
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """One end of the connection as Envoy saw it."""
+
+    principal: str = ""
+    address: str = ""
+    port: int = 0
+    certificate: str = ""  # URL-encoded PEM, only with include_peer_certificate
+
+
+@dataclass(frozen=True, slots=True)
+class RequestView:
+    """An immutable view of one CheckRequest, normalised for policy evaluation."""
+
+    source: Peer = field(default_factory=Peer)
+    destination: Peer = field(default_factory=Peer)
+    method: str = ""
+    host: str = ""  # lower case, port and trailing dot removed
+    port: int = 0  # destination port (from the destination address)
+    raw_path: str = ""  # as Envoy sent it, query included
+    path: str = ""  # without query
+    query: str = ""
+    headers: Mapping[str, str] = field(default_factory=lambda: _EMPTY)  # lower-case keys
+    context_extensions: Mapping[str, str] = field(default_factory=lambda: _EMPTY)
+    request_id: str = ""
+    protocol: str = ""
+    scheme: str = ""
+    sni: str = ""
+    problem: str | None = None  # why the request is not in canonical form (answered with 400)
+
+    @property
+    def namespace(self) -> str:
+        """The destination namespace: context_extensions.namespace, else the principal's /ns/N/."""
+        ns = self.context_extensions.get("namespace")
+        if ns:
+            return ns
+        return namespace_of(self.destination.principal)
+
+
+def namespace_of(principal: str) -> str:
+    """The ``N`` of a ``.../ns/N/...`` principal, or "" when it has none."""
+    parts = principal.split("/")
+    for i in range(len(parts) - 1):
+        if parts[i] == "ns" and i >= 1:
+            return parts[i + 1]
+    return ""
+
+
+def split_host(host: str) -> str:
+    """Lower-case a Host/:authority value and drop its port and a trailing dot."""
+    host = host.strip().lower()
+    if host.startswith("["):  # IPv6 literal
+        end = host.find("]")
+        return host[: end + 1] if end != -1 else host
+    if host.count(":") == 1:
+        host = host.split(":", 1)[0]
+    return host.rstrip(".")
+
+
+def _peer(p: Any) -> Peer:
+    sock = p.address.socket_address
+    return Peer(
+        principal=p.principal,
+        address=sock.address,
+        port=int(sock.port_value),
+        certificate=p.certificate,
+    )
+
+
+def from_check_request(msg: Any) -> RequestView:
+    """Build the view from a decoded ``envoy.service.auth.v3.CheckRequest``."""
+    attrs = msg.attributes
+    http = attrs.request.http
+    headers = {k.lower(): v for k, v in http.headers.items()}
+    if not headers and len(http.header_map.headers):
+        joined: dict[str, str] = {}
+        for hv in http.header_map.headers:
+            key = hv.key.lower()
+            value = hv.value or hv.raw_value.decode("utf-8", "replace")
+            joined[key] = f"{joined[key]},{value}" if key in joined else value
+        headers = joined
+    raw_path = http.path or headers.get(":path", "")
+    path, sep, query = raw_path.partition("?")
+    host = http.host or headers.get(":authority", "") or headers.get("host", "")
+    destination = _peer(attrs.destination)
+    method = http.method or headers.get(":method", "")
+    problem = path_problem(path)
+    if problem is None and not _TOKEN.fullmatch(method):
+        problem = "method is not an HTTP token"
+    return RequestView(
+        source=_peer(attrs.source),
+        destination=destination,
+        method=method.upper(),
+        host=split_host(host),
+        port=destination.port,
+        raw_path=raw_path,
+        path=path,
+        query=query if sep else "",
+        headers=MappingProxyType(headers),
+        context_extensions=MappingProxyType(dict(attrs.context_extensions)),
+        request_id=http.id or headers.get("x-request-id", ""),
+        protocol=http.protocol,
+        scheme=http.scheme,
+        sni=attrs.tls_session.sni,
+        problem=problem,
+    )

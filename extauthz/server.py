@@ -1,0 +1,139 @@
+"""The grpcio transport: Authorization/Check and grpc.health.v1 on one listener.
+
+The handler moves raw bytes (no protobuf (de)serializers in grpcio's Python layer); the Check
+core does the rest. Metrics and the audit record are taken here, after the answer is built.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from types import FrameType
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from extauthz import response
+from extauthz.audit import AuditLog
+from extauthz.check import CheckCore
+from extauthz.metrics import Metrics
+from extauthz.reload import DirectoryWatcher, PolicyStore
+from extauthz.settings import Settings, parse_listen
+
+log = logging.getLogger("extauthz.server")
+
+AUTHZ_SERVICE = "envoy.service.auth.v3.Authorization"
+CHECK_METHOD = "Check"
+MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+
+
+class Service:
+    """Everything one serving process holds: policies, core, audit, metrics, health."""
+
+    def __init__(self, settings: Settings, store: PolicyStore, audit: AuditLog) -> None:
+        self.settings = settings
+        self.store = store
+        self.audit = audit
+        self.metrics = Metrics()
+        self.core = CheckCore(lambda: store.engine)
+        self.health = health.HealthServicer()
+        store.listeners.append(self._on_reload)
+        self._on_reload(store, store.engine is not None)
+
+    def _on_reload(self, store: PolicyStore, ok: bool) -> None:
+        self.metrics.policy_reloads.labels("success" if ok else "failure").inc()
+        self.metrics.policy_loaded.set(1 if ok else 0)
+        self.metrics.policy_generation.set(store.generation)
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if store.engine is not None
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in ("", AUTHZ_SERVICE):
+            self.health.set(name, status)
+
+    def handle_check(self, data: bytes, context: Any) -> bytes:
+        """The gRPC handler. Never raises: the worst case is the static deny answer."""
+        try:
+            start = time.perf_counter()
+            body, record, decision = self.core.check(data)
+            self.metrics.observe(decision.allowed, decision.reason, time.perf_counter() - start)
+            if decision.error is not None and decision.status == 400:
+                self.metrics.bad_requests.labels("non_canonical").inc()
+            elif decision.reason == "malformed_check_request":
+                self.metrics.bad_requests.labels("malformed").inc()
+            if not self.audit.emit(record):
+                self.metrics.audit_lost.inc()
+            return body
+        except Exception:
+            log.exception("check handler failed; answering deny")
+            return response.STATIC_DENY
+
+
+def build_server(service: Service, settings: Settings) -> tuple[grpc.Server, int]:
+    server = grpc.server(
+        ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="check"),
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    check = grpc.unary_unary_rpc_method_handler(service.handle_check)  # bytes in, bytes out
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler(AUTHZ_SERVICE, {CHECK_METHOD: check}),)
+    )
+    health_pb2_grpc.add_HealthServicer_to_server(service.health, server)
+    kind, where = parse_listen(settings.listen)
+    if kind == "unix":
+        port = server.add_insecure_port(f"unix:{where}")
+    else:
+        port = server.add_insecure_port(settings.listen)
+        if port == 0:
+            raise OSError(f"cannot listen on {settings.listen}")
+    return server, port
+
+
+def serve(settings: Settings) -> int:
+    """Run the service until SIGTERM/SIGINT. Raises PolicyError when the first load fails."""
+    store = PolicyStore(settings.policies, root_namespace=settings.root_namespace)
+    store.load()
+    audit = AuditLog.open(settings.audit_log)
+    service = Service(settings, store, audit)
+    if settings.metrics:
+        service.metrics.serve(settings.metrics)
+    server, port = build_server(service, settings)
+    server.start()
+    watcher = DirectoryWatcher(store)
+    watcher.start()
+    stop = threading.Event()
+
+    def on_stop(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    def on_hup(signum: int, frame: FrameType | None) -> None:
+        threading.Thread(target=store.reload, name="sighup-reload", daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
+    signal.signal(signal.SIGHUP, on_hup)
+    log.info(
+        "serving on %s (port %d), policies from %s, generation %d",
+        settings.listen,
+        port,
+        settings.policies,
+        store.generation,
+    )
+    while not stop.wait(1.0):
+        pass
+    log.info("stopping: draining in-flight checks (up to %.1fs)", settings.drain_seconds)
+    service.health.enter_graceful_shutdown()
+    server.stop(settings.drain_seconds).wait()
+    watcher.stop()
+    audit.close()
+    log.info("stopped; %d audit records written, %d lost", audit.written, audit.lost)
+    return 0

@@ -1,0 +1,102 @@
+"""Service settings: defaults, then a ``--config`` YAML file, then command-line flags."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class SettingsError(ValueError):
+    """A setting that cannot be used."""
+
+
+def default_workers() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # pragma: no cover - not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+@dataclass
+class Settings:
+    policies: str = "./policies"
+    listen: str = "127.0.0.1:9191"
+    workers: int = 1
+    metrics: str | None = None
+    audit_log: str = "-"
+    trust_bundle: list[str] = field(default_factory=list)
+    trusted_proxy: list[str] = field(default_factory=list)
+    root_namespace: str = "istio-system"
+    drain_seconds: float = 5.0
+    threads: int = 16
+    log_level: str = "info"
+
+    def validate(self) -> None:
+        parse_listen(self.listen)
+        if self.workers < 1:
+            raise SettingsError("workers must be at least 1")
+        if self.threads < 1:
+            raise SettingsError("threads must be at least 1")
+        for tb in self.trust_bundle:
+            td, sep, path = tb.partition("=")
+            if not sep or not td or not path:
+                raise SettingsError(f"--trust-bundle {tb!r}: expected TD=PATH")
+
+
+def parse_listen(addr: str) -> tuple[str, str | int]:
+    """``HOST:PORT`` -> ("tcp", (host, port)); ``unix:/PATH`` -> ("unix", path)."""
+    if addr.startswith("unix:"):
+        path = addr[len("unix:") :]
+        if path.startswith("//"):
+            path = path[2:]
+        if not path.startswith("/"):
+            raise SettingsError(f"listen address {addr!r}: use unix:/ABSOLUTE/PATH")
+        return "unix", path
+    host, sep, port = addr.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise SettingsError(f"listen address {addr!r}: expected HOST:PORT or unix:/PATH")
+    return "tcp", int(port)
+
+
+_KEYS = {f.name for f in fields(Settings)}
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a ``--config`` YAML file: keys are the long flag names (``audit-log`` or ``audit_log``)."""
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise SettingsError(f"config file {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise SettingsError(f"config file {path}: expected a mapping of settings")
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in _KEYS:
+            raise SettingsError(f"config file {path}: unknown setting {key!r}")
+        out[name] = value
+    return out
+
+
+def build_settings(config_file: str | None, flags: dict[str, Any]) -> Settings:
+    """Merge: defaults < config file < flags given on the command line (not None)."""
+    values: dict[str, Any] = {}
+    if config_file:
+        values.update(load_config_file(config_file))
+    for key, value in flags.items():
+        if value is not None and value != [] and key in _KEYS:
+            values[key] = value
+    try:
+        settings = Settings(**values)
+    except TypeError as exc:
+        raise SettingsError(str(exc)) from exc
+    for name in ("trust_bundle", "trusted_proxy"):
+        v = getattr(settings, name)
+        if isinstance(v, str):
+            setattr(settings, name, [v])
+    settings.validate()
+    return settings
