@@ -6,7 +6,9 @@ A principal that fails the parser never matches any rule (see ``Identity.peer``)
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from extauthz.request import RequestView
 
@@ -72,22 +74,49 @@ def try_parse_spiffe_id(value: str) -> SpiffeId | None:
 
 
 @dataclass(frozen=True, slots=True)
+class Token:
+    """A validated token: what policies and audit records may read of it (never the token)."""
+
+    issuer: str
+    subject: str
+    audiences: tuple[str, ...] = ()
+    presenter: str = ""  # azp
+    claims: Mapping[str, Any] = field(default_factory=dict)
+    expires_at: float = 0.0  # exp, seconds since the epoch
+    fingerprint: str = ""  # sha256 of the raw token: a cache key part, safe to log
+
+    @property
+    def principal(self) -> str:
+        """Istio's request principal: ``iss/sub``."""
+        return f"{self.issuer}/{self.subject}"
+
+
+@dataclass(frozen=True, slots=True)
 class Identity:
     """The caller as established for this request.
 
     ``peer`` is the SPIFFE ID of the mTLS peer (None without one, or when Envoy's principal is
-    not a valid SPIFFE ID); ``request_principal`` is ``iss/sub`` of a validated token ("" without).
+    not a valid SPIFFE ID); ``peer_verified`` says the service itself verified the peer
+    certificate against a trust bundle; ``token`` is the validated request token, if any.
     """
 
     peer: SpiffeId | None = None
-    request_principal: str = ""
+    peer_verified: bool = False
+    peer_not_after: float | None = None  # the verified certificate's notAfter (epoch seconds)
+    token: Token | None = None
 
     @property
     def principal(self) -> str:
         """The peer in Istio's principal form ("" when there is no valid peer identity)."""
         return self.peer.principal if self.peer is not None else ""
 
+    @property
+    def request_principal(self) -> str:
+        """``iss/sub`` of the validated token ("" without one)."""
+        return self.token.principal if self.token is not None else ""
+
 
 def establish(req: RequestView) -> Identity:
     """Work out who is calling from what Envoy verified."""
-    return Identity(peer=try_parse_spiffe_id(req.source.principal) if req.source.principal else None)
+    principal = req.source.principal
+    return Identity(peer=try_parse_spiffe_id(principal) if principal else None)

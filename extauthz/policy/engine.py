@@ -44,6 +44,19 @@ Predicate = Callable[[Context], bool]
 
 
 @dataclass(frozen=True, slots=True)
+class ReadSet:
+    """Which request inputs the compiled rules read, beyond the fixed attributes.
+
+    The decision cache keys on exactly these (plus the identity and the request line), so the
+    engine must report every header, query parameter and claim path a rule can look at.
+    """
+
+    headers: frozenset[str] = frozenset()  # lower-case header names
+    query_params: frozenset[str] = frozenset()
+    claims: frozenset[tuple[str, ...]] = frozenset()  # claim paths, e.g. ("groups",) or ("a", "b")
+
+
+@dataclass(frozen=True, slots=True)
 class Verdict:
     allowed: bool
     reason: str
@@ -263,6 +276,7 @@ class Engine:
     audit: tuple[CompiledPolicy, ...] = ()
     dry_run: tuple[CompiledPolicy, ...] = ()
     counts: dict[str, int] = field(default_factory=dict)
+    reads: ReadSet = field(default_factory=ReadSet)
 
     def evaluate(self, request: RequestView, identity: Identity) -> Verdict:
         ctx = Context(request, identity)
@@ -298,7 +312,22 @@ def compile_policies(policies: PolicySet, generation: int = 1) -> Engine:
             applies_everywhere=p.namespace in ("", policies.root_namespace),
         )
         buckets["dry" if p.dry_run else p.action].append(cp)
+    headers = frozenset(
+        c.key[len("request.headers[") : -1].lower()
+        for p in policies.authorization
+        for r in p.rules
+        for c in r.conditions
+        if c.key.startswith("request.headers[")
+    )
+    claims = frozenset(
+        tuple(c.key[len("request.auth.claims[") : -1].split("]["))
+        for p in policies.authorization
+        for r in p.rules
+        for c in r.conditions
+        if c.key.startswith("request.auth.claims[")
+    )
     return Engine(
+        reads=ReadSet(headers=headers, claims=claims),
         policies=policies,
         generation=generation,
         deny=tuple(buckets[DENY]),
