@@ -106,11 +106,11 @@ def decode_unverified(raw: str) -> Unverified:
         raise TokenError("token is not a JWS in compact form")
     header = _b64_json(parts[0], "header")
     payload = _b64_json(parts[1], "payload")
-    if not parts[2] or not _B64URL.fullmatch(parts[2]):
-        raise TokenError("signature is not base64url")
     alg = header.get("alg")
     if not isinstance(alg, str) or alg not in ASYMMETRIC_ALGS:
         raise TokenError("algorithm not allowed")
+    if not parts[2] or not _B64URL.fullmatch(parts[2]):
+        raise TokenError("signature is not base64url")
     bad = FORBIDDEN_HEADER.intersection(header)
     if bad:
         raise TokenError(f"header parameter {sorted(bad)[0]!r} is not allowed")
@@ -220,9 +220,15 @@ def _verify_with(rule: JwtRule, token: Unverified, now: float) -> tuple[Token, i
             raise TokenError(_describe(exc)) from None
     else:
         raise TokenError(_describe(last) if last else "signature verification failed")
+    # pyjwt read its own clock; check the time claims again against ``now`` (one clock for all).
     exp = payload.get("exp")
     if not isinstance(exp, int | float) or isinstance(exp, bool):
         raise TokenError("exp is not a number")
+    if exp + CLOCK_SKEW_S <= now:
+        raise TokenError("token expired")
+    nbf = payload.get("nbf")
+    if isinstance(nbf, int | float) and nbf > now + CLOCK_SKEW_S:
+        raise TokenError("token not yet valid")
     iat = payload.get("iat")
     if iat is not None and (not isinstance(iat, int | float) or iat > now + CLOCK_SKEW_S):
         raise TokenError("iat is in the future")

@@ -1,0 +1,111 @@
+"""jwksUri: fetched from a local server with a bounded timeout, cached, and refreshed on an
+unknown kid at most once per interval (a kid flood must not cause a fetch per request)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from extauthz.jwks import JwksRegistry, RemoteJwks
+
+from .helpers import RSA_KEY, RSA_KEY_2, bearer, claims, jwk, jwks_json, mint, request_authn, resolve, resolver
+
+
+class JwksServer:
+    def __init__(self) -> None:
+        self.body = jwks_json(jwk(RSA_KEY, "k1"))
+        self.delay = 0.0
+        self.requests = 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                outer.requests += 1
+                if outer.delay:
+                    time.sleep(outer.delay)
+                data = outer.body.encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/keys"
+
+
+@pytest.fixture
+def server() -> Iterator[JwksServer]:
+    s = JwksServer()
+    s.thread.start()
+    yield s
+    s.httpd.shutdown()
+    s.httpd.server_close()
+
+
+def _rule(uri: str) -> str:
+    return request_authn(f'{{issuer: "https://issuer.example", audiences: ["api.shop"], jwksUri: "{uri}"}}')
+
+
+def test_jwks_uri_fetched_once_and_cached(server: JwksServer) -> None:
+    r = resolver(_rule(server.uri), jwks=JwksRegistry(min_refresh_interval=60))
+    for _ in range(50):
+        res = resolve(r, headers=bearer(mint()))
+        assert res.identity.token is not None, res
+    assert server.requests == 1
+
+
+def test_unknown_kid_flood_fetches_at_most_once_per_interval(server: JwksServer) -> None:
+    r = resolver(_rule(server.uri), jwks=JwksRegistry(min_refresh_interval=60))
+    assert resolve(r, headers=bearer(mint())).identity.token is not None
+    assert server.requests == 1
+    for i in range(300):
+        res = resolve(r, headers=bearer(mint(kid=f"flood-{i}")))
+        assert res.status == 401
+    time.sleep(0.2)  # let any (wrongly) started background fetch land
+    assert server.requests <= 2, server.requests
+
+
+def test_unknown_kid_after_interval_picks_up_a_rotated_key(server: JwksServer) -> None:
+    clock = [1000.0]
+    remote = RemoteJwks(server.uri, min_refresh_interval=30, clock=lambda: clock[0])
+    remote.start()
+    assert remote.keys("k1") is not None and server.requests == 1
+    server.body = jwks_json(jwk(RSA_KEY, "k1"), jwk(RSA_KEY_2, "k2"))
+    ks = remote.keys("k2")  # within the interval: no fetch
+    assert ks is not None and not ks.has_kid("k2") and server.requests == 1
+    clock[0] += 31
+    ks = remote.keys("k2")
+    assert ks is not None and ks.has_kid("k2") and server.requests == 2
+    clock[0] += 1
+    assert remote.keys("k3") is not None and server.requests == 2
+
+
+def test_slow_jwks_server_bounds_the_wait(server: JwksServer) -> None:
+    server.delay = 2.0
+    r = resolver(_rule(server.uri), jwks=JwksRegistry(wait=0.2, timeout=1.0))
+    start = time.monotonic()
+    res = resolve(r, headers=bearer(mint()))
+    assert time.monotonic() - start < 1.5
+    assert res.status == 401  # no keys yet: rejected, never accepted
+
+
+def test_unreachable_jwks_rejects_tokens() -> None:
+    r = resolver(_rule("http://127.0.0.1:9/keys"), jwks=JwksRegistry(wait=0.5, timeout=0.5))
+    assert resolve(r, headers=bearer(mint(claims()))).status == 401
+
+
+def test_only_http_uris() -> None:
+    r = resolver(_rule("file:///etc/passwd"))
+    assert resolve(r, headers=bearer(mint())).status == 401
