@@ -10,7 +10,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import jwt
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from extauthz.authn import IdentityResolver, Resolution
@@ -62,8 +61,14 @@ def claims(**over: Any) -> dict[str, Any]:
     return c
 
 
-def mint(payload: Mapping[str, Any] | None = None, *, key: Any = RSA_KEY, alg: str = "RS256",
-         kid: str | None = "k1", headers: Mapping[str, Any] | None = None) -> str:
+def mint(
+    payload: Mapping[str, Any] | None = None,
+    *,
+    key: Any = RSA_KEY,
+    alg: str = "RS256",
+    kid: str | None = "k1",
+    headers: Mapping[str, Any] | None = None,
+) -> str:
     h = dict(headers or {})
     if kid is not None:
         h["kid"] = kid
@@ -105,12 +110,20 @@ def inline_rule(*keys: dict[str, Any], extra: str = "") -> str:
     return f'{{issuer: "{ISSUER}", audiences: ["{AUDIENCE}"], jwks: {js}{extra}}}'
 
 
-def peer_authn(mode: str, *, name: str = "pa", namespace: str = "istio-system",
-               selector: Mapping[str, str] | None = None, ports: Mapping[int, str] | None = None) -> str:
+def peer_authn(
+    mode: str,
+    *,
+    name: str = "pa",
+    namespace: str = "istio-system",
+    selector: Mapping[str, str] | None = None,
+    ports: Mapping[int, str] | None = None,
+) -> str:
     sel = f"selector: {{matchLabels: {json.dumps(dict(selector))}}}\n  " if selector else ""
     port_level = ""
     if ports:
-        port_level = "\n  portLevelMtls: {" + ", ".join(f'"{p}": {{mode: {m}}}' for p, m in ports.items()) + "}"
+        port_level = (
+            "\n  portLevelMtls: {" + ", ".join(f'"{p}": {{mode: {m}}}' for p, m in ports.items()) + "}"
+        )
     return f"""
 apiVersion: security.istio.io/v1
 kind: PeerAuthentication
@@ -124,8 +137,14 @@ def bundles_of(*cas: Issued, td: str = "example.org") -> BundleSet:
     return BundleSet({td: TrustBundle.make(td, tuple(ca.cert for ca in cas))}, 1)
 
 
-def resolver(policy_text: str = "", bundles: BundleSet | None = None, *, trusted: tuple[str, ...] = (),
-             jwks: JwksRegistry | None = None, bind: bool = False) -> IdentityResolver:
+def resolver(
+    policy_text: str = "",
+    bundles: BundleSet | None = None,
+    *,
+    trusted: tuple[str, ...] = (),
+    jwks: JwksRegistry | None = None,
+    bind: bool = False,
+) -> IdentityResolver:
     return IdentityResolver(
         load_text(policy_text),
         bundles or BundleSet(),

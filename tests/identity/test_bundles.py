@@ -24,8 +24,16 @@ def spiffe_bundle(*cas: object, jwt_keys: tuple[dict[str, object], ...] = (), se
     keys: list[dict[str, object]] = []
     for ca in cas:
         der = ca.cert.public_bytes(serialization.Encoding.DER)  # type: ignore[attr-defined]
-        keys.append({"use": "x509-svid", "kty": "EC", "crv": "P-256", "x": "", "y": "",
-                     "x5c": [base64.b64encode(der).decode()]})
+        keys.append(
+            {
+                "use": "x509-svid",
+                "kty": "EC",
+                "crv": "P-256",
+                "x": "",
+                "y": "",
+                "x5c": [base64.b64encode(der).decode()],
+            }
+        )
     keys += [{**k, "use": "jwt-svid"} for k in jwt_keys]
     keys.append({"use": "something-else", "kty": "EC"})  # ignored
     return json.dumps({"keys": keys, "spiffe_sequence": seq, "spiffe_refresh_hint": 300}).encode()
@@ -45,8 +53,14 @@ def test_spiffe_bundle() -> None:
 
 @pytest.mark.parametrize(
     "data",
-    [b"", b"garbage", b'{"nokeys": []}', b'{"keys": [{"use": "x509-svid"}]}',
-     b'{"keys": [{"use": "jwt-svid", "kty": "EC"}]}', b"{not json"],
+    [
+        b"",
+        b"garbage",
+        b'{"nokeys": []}',
+        b'{"keys": [{"use": "x509-svid"}]}',
+        b'{"keys": [{"use": "jwt-svid", "kty": "EC"}]}',
+        b"{not json",
+    ],
 )
 def test_bad_bundles(data: bytes) -> None:
     with pytest.raises(BundleError):

@@ -12,7 +12,18 @@ import pytest
 
 from extauthz.jwks import JwksRegistry, RemoteJwks
 
-from .helpers import RSA_KEY, RSA_KEY_2, bearer, claims, jwk, jwks_json, mint, request_authn, resolve, resolver
+from .helpers import (
+    RSA_KEY,
+    RSA_KEY_2,
+    bearer,
+    claims,
+    jwk,
+    jwks_json,
+    mint,
+    request_authn,
+    resolve,
+    resolver,
+)
 
 
 class JwksServer:

@@ -59,15 +59,26 @@ def test_svid_via_intermediate_in_bundle() -> None:
         (issue_svid(OTHER_CA, FRONTEND), "chain"),
         (
             issue_svid(
-                CA, FRONTEND,
+                CA,
+                FRONTEND,
                 not_before=datetime.datetime(2020, 1, 1, tzinfo=UTC),
                 not_after=datetime.datetime(2021, 1, 1, tzinfo=UTC),
             ),
             "chain",
         ),
-        (issue_svid(CA, FRONTEND, not_before=datetime.datetime(2099, 1, 1, tzinfo=UTC),
-                    not_after=datetime.datetime(2099, 2, 1, tzinfo=UTC)), "chain"),
-        (issue_svid(CA, FRONTEND, extra_uris=["spiffe://example.org/ns/shop/sa/admin"]), "exactly one URI SAN"),
+        (
+            issue_svid(
+                CA,
+                FRONTEND,
+                not_before=datetime.datetime(2099, 1, 1, tzinfo=UTC),
+                not_after=datetime.datetime(2099, 2, 1, tzinfo=UTC),
+            ),
+            "chain",
+        ),
+        (
+            issue_svid(CA, FRONTEND, extra_uris=["spiffe://example.org/ns/shop/sa/admin"]),
+            "exactly one URI SAN",
+        ),
         (issue_svid(CA, None, common_name="frontend"), "subjectAltName"),
         (issue_svid(CA, FRONTEND, is_ca=True), "CA"),
         (issue_svid(CA, FRONTEND, key_cert_sign=True), "keyUsage"),
@@ -147,7 +158,9 @@ def test_most_specific_peer_authentication_wins() -> None:
     other_ns = resolve(r, destination_principal="spiffe://example.org/ns/other/sa/x")
     assert other_ns.status == 403  # only the mesh-wide STRICT applies there
     # Port-level override and UNSET inheritance.
-    wl_port = peer_authn("UNSET", name="wl", namespace="shop", selector={"app": "api"}, ports={8443: "DISABLE"})
+    wl_port = peer_authn(
+        "UNSET", name="wl", namespace="shop", selector={"app": "api"}, ports={8443: "DISABLE"}
+    )
     r = resolver(mesh_strict + "---" + wl_port, bundles_of(CA))
     assert resolve(r, context_extensions={"app": "api"}).status == 200
     assert resolve(r, context_extensions={"app": "api"}, destination_port=9000).status == 403
@@ -157,7 +170,7 @@ def test_most_specific_peer_authentication_wins() -> None:
 
 
 def _xfcc(uri: str, cert: Issued | None = None) -> str:
-    parts = ['By=spiffe://example.org/ns/shop/sa/api', 'Hash=abc', f'URI={uri}']
+    parts = ["By=spiffe://example.org/ns/shop/sa/api", "Hash=abc", f"URI={uri}"]
     if cert is not None:
         parts.insert(2, f'Cert="{cert_field(cert)}"')
     return ";".join(parts)
@@ -175,7 +188,7 @@ def test_trusted_proxy_xfcc_last_element_used() -> None:
     admin = "spiffe://example.org/ns/shop/sa/admin"
     proxy = "spiffe://example.org/ns/edge/sa/gateway"
     r = resolver("", bundles_of(CA), trusted=("10.0.0.0/24",))
-    header = f'{_xfcc(admin)},{_xfcc(FRONTEND, GOOD)}'  # the client forged the first one
+    header = f"{_xfcc(admin)},{_xfcc(FRONTEND, GOOD)}"  # the client forged the first one
     res = resolve(r, principal=proxy, headers={"x-forwarded-client-cert": header})
     assert str(res.identity.peer) == FRONTEND and res.identity.peer_verified
     assert "x-forwarded-client-cert" in res.remove

@@ -155,9 +155,7 @@ def test_forbidden_header_parameters(param: str) -> None:
 def test_duplicate_json_members_rejected() -> None:
     payload = json.dumps(claims())[:-1] + ', "sub": "admin"}'
     assert "duplicate" in _invalid(resign('{"alg":"RS256","kid":"k1"}', payload))
-    assert "duplicate" in _invalid(
-        resign('{"alg":"RS256","kid":"k1","alg":"RS256"}', json.dumps(claims()))
-    )
+    assert "duplicate" in _invalid(resign('{"alg":"RS256","kid":"k1","alg":"RS256"}', json.dumps(claims())))
 
 
 def test_malformed_tokens() -> None:
@@ -194,9 +192,9 @@ def test_jwt_rule_scope_follows_namespace_and_selector() -> None:
     assert resolve(resolver(ra), headers=bearer("garbage")).status == 200
     ra_sel = RA.replace("spec:\n", "spec:\n  selector: {matchLabels: {app: api}}\n")
     assert resolve(resolver(ra_sel), headers=bearer("garbage")).status == 200
-    assert resolve(
-        resolver(ra_sel), headers=bearer("garbage"), context_extensions={"app": "api"}
-    ).status == 401
+    assert (
+        resolve(resolver(ra_sel), headers=bearer("garbage"), context_extensions={"app": "api"}).status == 401
+    )
 
 
 def test_output_headers_and_injection() -> None:
