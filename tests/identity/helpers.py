@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import base64
 import json
+import threading
 import time
 import urllib.parse
 from collections.abc import Mapping
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import jwt
@@ -169,3 +171,41 @@ def resolve(r: IdentityResolver, **kwargs: Any) -> Resolution:
 
 def bearer(token: str) -> dict[str, str]:
     return {"authorization": f"Bearer {token}"}
+
+
+class JwksServer:
+    def __init__(self) -> None:
+        self.body = jwks_json(jwk(RSA_KEY, "k1"))
+        self.delay = 0.0
+        self.requests = 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                outer.requests += 1
+                if outer.delay:
+                    time.sleep(outer.delay)
+                data = outer.body.encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def uri(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}/keys"
+
+    def start(self) -> JwksServer:
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()

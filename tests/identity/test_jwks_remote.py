@@ -3,10 +3,8 @@ unknown kid at most once per interval (a kid flood must not cause a fetch per re
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -15,6 +13,7 @@ from extauthz.jwks import JwksRegistry, RemoteJwks
 from .helpers import (
     RSA_KEY,
     RSA_KEY_2,
+    JwksServer,
     bearer,
     claims,
     jwk,
@@ -24,36 +23,6 @@ from .helpers import (
     resolve,
     resolver,
 )
-
-
-class JwksServer:
-    def __init__(self) -> None:
-        self.body = jwks_json(jwk(RSA_KEY, "k1"))
-        self.delay = 0.0
-        self.requests = 0
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                outer.requests += 1
-                if outer.delay:
-                    time.sleep(outer.delay)
-                data = outer.body.encode()
-                self.send_response(200)
-                self.send_header("content-type", "application/json")
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    @property
-    def uri(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/keys"
 
 
 @pytest.fixture
