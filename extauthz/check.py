@@ -52,6 +52,11 @@ class Decision:
     challenge: str | None = None  # WWW-Authenticate of a 401
 
 
+# For callers of decide() without a resolver: no bundles, no trusted proxies; remote key sets
+# shared across calls (never a fetch per call).
+_DEFAULT_IDENTITY = IdentityContext()
+
+
 def new_decision_id() -> str:
     return uuid.uuid4().hex
 
@@ -61,7 +66,7 @@ def decide(engine: Engine | None, req: RequestView, resolver: IdentityResolver |
 
     ``resolver`` is the identity step for ``engine``'s policy generation (built from its
     RequestAuthentication / PeerAuthentication and the trust bundles); without one, a resolver
-    with no bundles and no trusted proxies is built for the call.
+    with no bundles and no trusted proxies is used (cached per policy set).
     """
     decision_id = req.request_id or new_decision_id()
     if engine is None:
@@ -69,7 +74,7 @@ def decide(engine: Engine | None, req: RequestView, resolver: IdentityResolver |
     if req.problem is not None:
         return Decision(False, 400, REASON_INVALID_PATH, decision_id, error=req.problem)
     if resolver is None:
-        resolver = IdentityContext().resolver(engine.policies)
+        resolver = _DEFAULT_IDENTITY.resolver(engine.policies)
     who = resolver.resolve(req)
     if who.denied:
         return Decision(

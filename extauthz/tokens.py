@@ -63,7 +63,7 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in pairs:
         if k in out:
-            raise TokenError(f"duplicate JSON member {k!r}")
+            raise TokenError(f"duplicate JSON member {k[:40]!r}")
         out[k] = v
     return out
 

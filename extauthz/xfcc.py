@@ -94,7 +94,7 @@ def parse_element(text: str) -> XfccElement:
         key, sep, value = pair.partition("=")
         key = key.strip().lower()
         if not sep or key not in _KEYS:
-            raise XfccError(f"unknown or malformed pair {key!r}")
+            raise XfccError(f"unknown or malformed pair {key[:40]!r}")
         value = _unquote(value.strip())
         if key == "dns":
             dns.append(value)
