@@ -24,12 +24,12 @@ import time
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from extauthz.bundles import BundleSet, BundleStore
 from extauthz.identity import Identity, SpiffeIdError, Token, parse_spiffe_id, try_parse_spiffe_id
 from extauthz.jwks import JwksError, JwksRegistry, KeySet, next_version, parse_jwks
-from extauthz.policy.model import PolicySet, Resource
+from extauthz.policy.model import ALLOW, AuthorizationPolicy, PolicySet, Resource
 from extauthz.request import RequestView
 from extauthz.svid import (
     NoBundle,
@@ -78,10 +78,18 @@ class Resolution:
     challenge: str | None = None  # WWW-Authenticate value of a 401
     headers: tuple[tuple[str, str], ...] = ()  # set upstream on allow
     remove: tuple[str, ...] = ()  # removed upstream on allow (unless set)
+    # No token, though a RequestAuthentication applies and an applicable ALLOW policy reads the
+    # token: if no policy matches, the answer is 401 (ask for credentials) rather than 403.
+    token_missing: bool = False
 
     @property
     def denied(self) -> bool:
         return self.status != 200
+
+
+# RFC 6750 section 3.1: a request without credentials gets a challenge without an error code.
+MISSING_TOKEN_CHALLENGE = 'Bearer realm="extauthz"'
+REASON_AUTHN_REQUIRED = "authentication_required"
 
 
 def _challenge(error: str) -> str:
@@ -184,9 +192,14 @@ def compile_rule(spec: Mapping[str, Any], where: str, bundles: BundleSet, jwks: 
     )
 
 
+_R = TypeVar("_R", Resource, AuthorizationPolicy)
+
+
 @dataclass(frozen=True, slots=True)
-class _Scoped:
-    resource: Resource
+class _Scoped(Generic[_R]):
+    """A resource and where it applies (AuthorizationPolicy's scope rules)."""
+
+    resource: _R
     everywhere: bool  # root namespace or none
 
     def applies_to(self, req: RequestView) -> bool:
@@ -235,6 +248,11 @@ class IdentityResolver:
             for r in policies.request_authentication
         )
         self._peer_authn = tuple(_Scoped(r, r.namespace in ("", root)) for r in policies.peer_authentication)
+        self._token_allow = tuple(
+            _Scoped(p, p.namespace in ("", root))
+            for p in policies.authorization
+            if p.action == ALLOW and not p.dry_run and _reads_token(p)
+        )
         rules = [rule for _, rs in self._request_authn for rule in rs]
         self.validator = TokenValidator(rules)
         # Headers a client must never smuggle through: whatever any rule outputs.
@@ -343,7 +361,8 @@ class IdentityResolver:
         except TokenError as exc:
             return self._invalid(identity, str(exc))
         if not found:  # no token: no request principal (Istio); policy decides
-            return Resolution(identity, remove=remove)
+            wanted = any(scoped.applies_to(req) for scoped in self._token_allow)
+            return Resolution(identity, remove=remove, token_missing=wanted)
         if len(found) > 1:
             return self._invalid(identity, "more than one token in the request")
         location, raw = found[0]
@@ -387,6 +406,13 @@ class IdentityResolver:
         return Resolution(
             identity, 401, REASON_INVALID_TOKEN, f"token: {error}", challenge=_challenge("invalid_token")
         )
+
+
+def _reads_token(policy: AuthorizationPolicy) -> bool:
+    """Whether any rule of the policy looks at the request token."""
+    return any(
+        src.request_principals or src.not_request_principals for rule in policy.rules for src in rule.sources
+    ) or any(c.key.startswith("request.auth.") for rule in policy.rules for c in rule.conditions)
 
 
 # ----------------------------------------------------------------------------- extraction

@@ -18,9 +18,14 @@ from google.protobuf.message import DecodeError
 from extauthz import response
 from extauthz._pb.envoy.service.auth.v3 import external_auth_pb2 as ext
 from extauthz.audit import rfc3339_now
-from extauthz.authn import IdentityContext, IdentityResolver
+from extauthz.authn import (
+    MISSING_TOKEN_CHALLENGE,
+    REASON_AUTHN_REQUIRED,
+    IdentityContext,
+    IdentityResolver,
+)
 from extauthz.identity import Identity
-from extauthz.policy.engine import Engine
+from extauthz.policy.engine import REASON_NO_MATCH, Engine
 from extauthz.request import RequestView, from_check_request
 
 log = logging.getLogger("extauthz.check")
@@ -83,6 +88,13 @@ def decide(engine: Engine | None, req: RequestView, resolver: IdentityResolver |
         )
     identity = who.identity
     verdict = engine.evaluate(req, identity)
+    if who.token_missing and verdict.reason == REASON_NO_MATCH:
+        # No ALLOW matched, no DENY either, and the request brought no token where a
+        # RequestAuthentication applies: ask for credentials (401) rather than refuse (403).
+        return Decision(
+            False, 401, REASON_AUTHN_REQUIRED, decision_id, identity=identity,
+            audit_policies=verdict.audit, dry_run=verdict.dry_run, challenge=MISSING_TOKEN_CHALLENGE,
+        )
     headers = who.headers
     if verdict.allowed and identity.peer is not None:
         headers = (("x-spiffe-id", str(identity.peer)), *headers)

@@ -180,15 +180,18 @@ def test_invalid_tokens_get_401_with_challenge(s: Stack) -> None:
     assert s.echo.requests == []
 
 
-def test_missing_token_is_403_not_401(s: Stack) -> None:
+def test_missing_token_gets_a_challenge(s: Stack) -> None:
     r = s.request("api", "/jwt/x")
-    assert r.status == 403, r
+    assert r.status == 401, r
+    assert r.headers["www-authenticate"] == 'Bearer realm="extauthz"'
+    assert s.echo.requests == []
 
 
 def test_spoofed_xfcc_never_reaches_upstream_nor_grants(s: Stack) -> None:
     xfcc = "By=spiffe://example.org/ns/shop/sa/api;URI=spiffe://example.org/ns/shop/sa/frontend"
     r = s.request("intruder", "/api/items", [("x-forwarded-client-cert", xfcc)])
-    assert r.status == 403, r
+    assert r.status == 401, r  # not allowed; no token where the namespace's policy reads one
+    assert s.echo.requests == []
     r = s.request("frontend", "/api/items", [("x-forwarded-client-cert", xfcc)])
     assert r.status == 200, r
     [seen] = s.echo.requests

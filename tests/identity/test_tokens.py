@@ -251,10 +251,37 @@ def test_check_core_401_carries_www_authenticate_and_audit_names_no_token() -> N
     assert record["token"] == {"iss": ISSUER, "sub": "user-1"}
     assert token not in json.dumps(record)
     assert "authorization" in resp.ok_response.headers_to_remove
-    # Missing token: no request principal, so the ALLOW rule does not match (403, not 401).
-    _, record, decision = core.check(check_request().SerializeToString())
+    # Missing token: no request principal, the ALLOW rule does not match: 401 asking for
+    # credentials (a challenge without an error code, RFC 6750).
+    body, record, decision = core.check(check_request().SerializeToString())
+    resp = ext.CheckResponse.FromString(body)
+    assert decision.status == 401 and record["reason"] == "authentication_required"
+    hdrs = {h.header.key: h.header.value for h in resp.denied_response.headers}
+    assert hdrs["www-authenticate"] == 'Bearer realm="extauthz"'
+    # An explicit DENY stays a 403 with or without a token.
+    engine2 = compile_policies(load_text(RA + _ALLOW_AUTHENTICATED + _DENY_ADMIN))
+    core2 = CheckCore(lambda: engine2, IdentityContext())
+    _, record, decision = core2.check(check_request(path="/admin").SerializeToString())
+    assert decision.status == 403 and record["reason"] == "denied_by_policy"
+    # When no applicable ALLOW policy reads the token, a token would not help: 403.
+    engine4 = compile_policies(load_text(RA))
+    _, record, decision = CheckCore(lambda: engine4).check(check_request().SerializeToString())
+    assert decision.status == 403 and record["reason"] == "no_matching_policy"
+    # Without any RequestAuthentication, a miss is a plain 403.
+    engine3 = compile_policies(load_text(_ALLOW_AUTHENTICATED))
+    _, record, decision = CheckCore(lambda: engine3).check(check_request().SerializeToString())
     assert decision.status == 403 and record["reason"] == "no_matching_policy"
 
+
+_DENY_ADMIN = """
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: no-admin, namespace: shop}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {paths: ["/admin"]}}]}]
+"""
 
 _ALLOW_AUTHENTICATED = """
 ---
