@@ -184,7 +184,11 @@ class BundleStore:
         loaded = dict(self._from_files)
         for td, path in self.files.items():
             try:
-                loaded[td] = parse_bundle(td, _read(path))
+                bundle = parse_bundle(td, _read(path))
+                old = loaded.get(td)
+                if old is not None and old.sequence is not None and (bundle.sequence or 0) < old.sequence:
+                    raise BundleError(f"spiffe_sequence went back from {old.sequence} to {bundle.sequence}")
+                loaded[td] = bundle
             except (BundleError, OSError) as exc:
                 ok = False
                 log.error("trust bundle %s (%s) not reloaded, keeping the last good one: %s", td, path, exc)

@@ -116,3 +116,16 @@ def test_startup_with_missing_file_fails(tmp_path: Path) -> None:
     store = BundleStore.from_flags([f"example.org={tmp_path / 'nope.pem'}"])
     with pytest.raises(OSError):
         store.load()
+
+
+def test_sequence_never_goes_back(tmp_path: Path) -> None:
+    path = tmp_path / "bundle.json"
+    path.write_bytes(spiffe_bundle(CA, seq=5))
+    store = BundleStore.from_flags([f"example.org={path}"])
+    store.load()
+    path.write_bytes(spiffe_bundle(CA2, seq=4))  # a rollback: refused, the last good one stays
+    assert not store.reload()
+    assert store.current.get("example.org").x509_authorities == (CA.cert,)  # type: ignore[union-attr]
+    path.write_bytes(spiffe_bundle(CA2, seq=6))
+    assert store.reload()
+    assert store.current.get("example.org").x509_authorities == (CA2.cert,)  # type: ignore[union-attr]
