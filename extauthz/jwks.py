@@ -15,6 +15,7 @@ import json
 import logging
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -31,6 +32,19 @@ ASYMMETRIC_ALGS = RSA_ALGS | frozenset(EC_ALG_FOR_CURVE.values()) | {"EdDSA"}
 MIN_RSA_BITS = 2048
 MAX_JWKS_BYTES = 512 * 1024
 MAX_KEYS = 256
+MAX_CANDIDATES = 8
+
+
+class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow redirects only to http(s) URLs."""
+
+    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> Any:
+        if not newurl.startswith(("https://", "http://")):
+            raise urllib.error.URLError(f"refusing a redirect to {newurl[:60]!r}")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_OPENER = urllib.request.build_opener(_HttpOnlyRedirects)
 
 
 class JwksError(ValueError):
@@ -62,9 +76,12 @@ class KeySet:
         return KeySet(ks, version, {kid: tuple(v) for kid, v in by_kid.items()})
 
     def candidates(self, kid: str | None, alg: str) -> list[Key]:
-        """Keys that may verify a token with this ``kid`` and ``alg`` (by kid when it has one)."""
+        """Keys that may verify a token with this ``kid`` and ``alg`` (by kid when it has one).
+
+        At most ``MAX_CANDIDATES``: a token without ``kid`` cannot make us try every key.
+        """
         pool = self.by_kid.get(kid, ()) if kid is not None else self.keys
-        return [k for k in pool if alg in k.algorithms]
+        return [k for k in pool if alg in k.algorithms][:MAX_CANDIDATES]
 
     def has_kid(self, kid: str) -> bool:
         return kid in self.by_kid
@@ -215,7 +232,7 @@ class RemoteJwks:
     def _fetch(self, event: threading.Event) -> None:
         try:
             req = urllib.request.Request(self.uri, headers={"accept": "application/json"})
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+            with _OPENER.open(req, timeout=self.timeout) as resp:
                 body = resp.read(MAX_JWKS_BYTES + 1)
             keyset = parse_jwks(body, version=next_version())
             with self._lock:

@@ -177,6 +177,7 @@ class JwksServer:
     def __init__(self) -> None:
         self.body = jwks_json(jwk(RSA_KEY, "k1"))
         self.delay = 0.0
+        self.redirect = ""
         self.requests = 0
         outer = self
 
@@ -185,6 +186,12 @@ class JwksServer:
                 outer.requests += 1
                 if outer.delay:
                     time.sleep(outer.delay)
+                if outer.redirect:
+                    self.send_response(302)
+                    self.send_header("location", outer.redirect)
+                    self.send_header("content-length", "0")
+                    self.end_headers()
+                    return
                 data = outer.body.encode()
                 self.send_response(200)
                 self.send_header("content-type", "application/json")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +17,7 @@ from .helpers import (
     JwksServer,
     bearer,
     claims,
+    inline_rule,
     jwk,
     jwks_json,
     mint,
@@ -89,3 +91,19 @@ def test_unreachable_jwks_rejects_tokens() -> None:
 def test_only_http_uris() -> None:
     r = resolver(_rule("file:///etc/passwd"))
     assert resolve(r, headers=bearer(mint())).status == 401
+
+
+def test_redirect_to_a_non_http_url_refused(server: JwksServer, tmp_path: Path) -> None:
+    keys = tmp_path / "keys.json"
+    keys.write_text(jwks_json(jwk(RSA_KEY, "k1")))
+    server.redirect = keys.as_uri()
+    r = resolver(_rule(server.uri), jwks=JwksRegistry(wait=1.0))
+    assert resolve(r, headers=bearer(mint())).status == 401
+
+
+def test_token_without_kid_tries_a_bounded_number_of_keys() -> None:
+    many = [jwk(RSA_KEY_2, f"x{i}") for i in range(20)] + [jwk(RSA_KEY, "k1")]
+    ra = request_authn(inline_rule(*many))
+    # The right key is the 21st: a kid-less token is not tried against all of them.
+    assert resolve(resolver(ra), headers=bearer(mint(kid=None))).status == 401
+    assert resolve(resolver(ra), headers=bearer(mint(kid="k1"))).status == 200
