@@ -68,8 +68,14 @@ class Stack:
     authz: ExtauthzProcess
     envoy: EnvoyProcess
     jwks: JwksServer
+    audited: int = 0
+
+    def audit(self) -> dict[str, object]:
+        """The audit record of the last request."""
+        return self.authz.wait_audit(self.audited + 1)[-1]
 
     def request(self, who: str, path: str, headers: list[tuple[str, str]] | None = None) -> HttpResult:
+        self.audited = len(self.authz.audit_records())
         return https_request(
             self.envoy.listen_port,
             "GET",
@@ -139,20 +145,20 @@ def test_certificate_with_two_uri_sans_denied(s: Stack) -> None:
     r = s.request("two-uris", "/api/items")
     assert r.status == 403, r
     assert s.echo.requests == []
-    record = s.authz.wait_audit(1)[-1]
+    record = s.audit()
     assert record["reason"] == "invalid_peer_certificate"
 
 
 def test_certificate_not_chaining_to_its_domain_bundle_denied(s: Stack) -> None:
     r = s.request("other-domain", "/api/items")
     assert r.status == 403, r
-    assert s.authz.wait_audit(1)[-1]["reason"] == "invalid_peer_certificate"
+    assert s.audit()["reason"] == "invalid_peer_certificate"
 
 
 def test_unverifiable_trust_domain_denied_by_strict(s: Stack) -> None:
     r = s.request("third-domain", "/api/items")
     assert r.status == 403, r
-    assert s.authz.wait_audit(1)[-1]["reason"] == "peer_authentication_required"
+    assert s.audit()["reason"] == "peer_authentication_required"
 
 
 def test_token_from_jwks_uri(s: Stack) -> None:
@@ -163,7 +169,7 @@ def test_token_from_jwks_uri(s: Stack) -> None:
     assert seen.header_values("x-user") == ["user-1"]
     assert seen.header_values("authorization") == []  # forwardOriginalToken: false
     assert s.jwks.requests == 1
-    record = s.authz.wait_audit(1)[-1]
+    record = s.audit()
     assert record["token"] == {"iss": ISSUER, "sub": "user-1"}
     assert token not in (s.authz.audit_log.read_text())
 
