@@ -31,14 +31,7 @@ from extauthz.identity import Identity, SpiffeIdError, Token, parse_spiffe_id, t
 from extauthz.jwks import JwksError, JwksRegistry, KeySet, next_version, parse_jwks
 from extauthz.policy.model import ALLOW, AuthorizationPolicy, PolicySet, Resource
 from extauthz.request import RequestView
-from extauthz.svid import (
-    NoBundle,
-    SvidError,
-    SvidVerifier,
-    VerifiedSvid,
-    decode_certificate_field,
-    thumbprint,
-)
+from extauthz.svid import SvidError, SvidVerifier, VerifiedSvid
 from extauthz.tokens import (
     DEFAULT_LOCATIONS,
     ClaimHeader,
@@ -286,15 +279,14 @@ class IdentityResolver:
                     status=403, reason=REASON_INVALID_PEER, error=f"{via} is not a valid SPIFFE ID"
                 )
         verified: VerifiedSvid | None = None
+        cert: VerifiedSvid | None = None
         if certificate:
             try:
-                verified = self.verifier.verify_field(certificate)
-                cert_id = verified.spiffe_id
-            except NoBundle as exc:
-                cert_id = exc.spiffe_id
+                cert = self.verifier.verify_field(certificate)
             except SvidError as exc:
                 return Resolution(status=403, reason=REASON_INVALID_CERT, error=str(exc))
-            if peer is not None and cert_id != peer:
+            verified = cert if cert.verified else None
+            if peer is not None and cert.spiffe_id != peer:
                 return Resolution(
                     status=403,
                     reason=REASON_INVALID_PEER,
@@ -311,7 +303,7 @@ class IdentityResolver:
             return Resolution(
                 identity, 403, REASON_MTLS_REQUIRED, "PeerAuthentication STRICT: no verified peer certificate"
             )
-        return self._tokens(req, identity, certificate, verified, remove, now)
+        return self._tokens(req, identity, cert, verified, remove, now)
 
     # -- PeerAuthentication ------------------------------------------------------------------
 
@@ -348,7 +340,7 @@ class IdentityResolver:
         self,
         req: RequestView,
         identity: Identity,
-        certificate: str,
+        cert: VerifiedSvid | None,
         verified: VerifiedSvid | None,
         remove: tuple[str, ...],
         now: float,
@@ -368,7 +360,7 @@ class IdentityResolver:
         location, raw = found[0]
         try:
             token, rule = self.validator.validate(raw, rules, now)
-            self._check_binding(token, identity, certificate, verified)
+            self._check_binding(token, cert, verified)
         except TokenError as exc:
             return self._invalid(identity, str(exc))
         identity = Identity(identity.peer, identity.peer_verified, identity.peer_not_after, token)
@@ -383,20 +375,14 @@ class IdentityResolver:
             remove = (*remove, location.name)
         return Resolution(identity, headers=tuple(headers), remove=remove)
 
-    def _check_binding(
-        self, token: Token, identity: Identity, certificate: str, verified: VerifiedSvid | None
-    ) -> None:
+    def _check_binding(self, token: Token, cert: VerifiedSvid | None, verified: VerifiedSvid | None) -> None:
         cnf = token.claims.get("cnf")
         if cnf is not None:
             if not isinstance(cnf, Mapping) or not isinstance(cnf.get("x5t#S256"), str):
                 raise TokenError("unsupported cnf confirmation method")
-            if not certificate:
+            if cert is None:
                 raise TokenError("certificate-bound token without a peer certificate")
-            try:
-                tp = verified.x5t_s256 if verified else thumbprint(decode_certificate_field(certificate))
-            except SvidError:
-                raise TokenError("certificate-bound token: unreadable peer certificate") from None
-            if tp != cnf["x5t#S256"]:
+            if cert.x5t_s256 != cnf["x5t#S256"]:
                 raise TokenError("certificate-bound token presented with another certificate")
         if self.bind_token_to_peer and (verified is None or token.subject != str(verified.spiffe_id)):
             raise TokenError("token subject is not the verified peer")

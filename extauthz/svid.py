@@ -56,9 +56,13 @@ class NoBundle(SvidError):
 
 @dataclass(frozen=True, slots=True)
 class VerifiedSvid:
+    """A peer certificate that passed the SVID checks; ``verified`` when it also chained to the
+    bundle of its trust domain (False: no bundle is configured for that trust domain)."""
+
     spiffe_id: SpiffeId
     not_after: float  # epoch seconds
     x5t_s256: str  # base64url SHA-256 of the DER (RFC 8705 certificate thumbprint)
+    verified: bool = True
 
 
 def decode_certificate_field(value: str) -> x509.Certificate:
@@ -126,13 +130,20 @@ class SvidVerifier:
         self._lock = threading.Lock()
 
     def verify_field(self, value: str, now: datetime.datetime | None = None) -> VerifiedSvid:
-        """Verify Envoy's ``source.certificate`` value. Raises NoBundle or SvidError."""
+        """Check Envoy's ``source.certificate`` value. Raises SvidError when it is not a valid
+        SVID or does not chain to its bundle; without a bundle the result has verified=False.
+        Results (both kinds) are cached until the certificate's notAfter."""
         now = now or datetime.datetime.now(datetime.UTC)
         with self._lock:
             hit = self._cache.get(value)
         if hit is not None and now.timestamp() < hit.not_after:
             return hit
-        result = self.verify(decode_certificate_field(value), now)
+        cert = decode_certificate_field(value)
+        try:
+            result = self.verify(cert, now)
+        except NoBundle as exc:
+            not_after = cert.not_valid_after_utc.timestamp()
+            result = VerifiedSvid(exc.spiffe_id, not_after, thumbprint(cert), verified=False)
         with self._lock:
             self._cache[value] = result
             if len(self._cache) > self._cache_size:

@@ -8,6 +8,7 @@ import urllib.parse
 import pytest
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from extauthz.bundles import BundleSet
 from extauthz.devpki import Issued, issue_svid, make_ca
 from extauthz.identity import try_parse_spiffe_id
 from extauthz.svid import SvidVerifier, thumbprint
@@ -131,6 +132,16 @@ def test_verified_certificates_cached_until_not_after(monkeypatch: pytest.Monkey
     after = GOOD.cert.not_valid_after_utc + datetime.timedelta(seconds=1)
     with pytest.raises(ValueError):
         verifier.verify_field(field, now=after)  # the cache does not outlive the certificate
+
+
+def test_unverifiable_certificates_are_cached_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    verifier = SvidVerifier(BundleSet())  # no bundle: checked as an SVID, not chained
+    calls = []
+    real = verifier.verify
+    monkeypatch.setattr(verifier, "verify", lambda *a, **k: calls.append(1) or real(*a, **k))
+    results = [verifier.verify_field(cert_field(GOOD)) for _ in range(5)]
+    assert len(calls) == 1
+    assert not results[-1].verified and str(results[-1].spiffe_id) == FRONTEND
 
 
 # ----------------------------------------------------------------------------- PeerAuthentication
