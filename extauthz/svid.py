@@ -69,7 +69,10 @@ def decode_certificate_field(value: str) -> x509.Certificate:
     """Envoy's URL-encoded PEM leaf -> certificate (exactly one PEM block)."""
     if len(value) > MAX_CERT_BYTES:
         raise SvidError("peer certificate larger than 16 KiB")
-    pem = urllib.parse.unquote(value, errors="strict").encode("ascii", "strict")
+    try:
+        pem = urllib.parse.unquote(value, errors="strict").encode("ascii", "strict")
+    except UnicodeError:
+        raise SvidError("peer certificate field is not URL-encoded ASCII PEM") from None
     if pem.count(b"-----BEGIN ") != 1:
         raise SvidError("peer certificate field must hold exactly one PEM block")
     try:
