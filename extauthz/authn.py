@@ -103,6 +103,15 @@ def _duration(value: Any, default: float) -> float:
     return n / 1000 if m.group(2) == "ms" else n * 60 if m.group(2) == "m" else n
 
 
+def _strings(value: Any) -> tuple[str, ...] | None:
+    """A list of strings (absent: empty); None when it is anything else."""
+    if value is None:
+        return ()
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        return None
+    return tuple(value)
+
+
 def _header_name(value: Any) -> str | None:
     if not isinstance(value, str):
         return None
@@ -133,11 +142,21 @@ def compile_rule(spec: Mapping[str, Any], where: str, bundles: BundleSet, jwks: 
             svid_td = sid.trust_domain if not sid.path else None
         except SpiffeIdError:
             svid_td = None
-    audiences = tuple(str(a) for a in spec.get("audiences") or ())
+    audiences = _strings(spec.get("audiences"))
     keys: Any
-    if spec.get("jwks"):
+    if audiences is None:  # e.g. a bare string: never guess, reject the rule's tokens
+        log.error(
+            "%s: jwtRules issuer %s: audiences is not a list of strings: its tokens are rejected",
+            where,
+            issuer,
+        )
+        audiences, keys = (), StaticKeys(KeySet(version=next_version()))
+    elif spec.get("jwks"):
+        raw = spec["jwks"]
         try:
-            keys = StaticKeys(parse_jwks(str(spec["jwks"]), version=next_version()))
+            keys = StaticKeys(
+                parse_jwks(raw if isinstance(raw, Mapping) else str(raw), version=next_version())
+            )
         except JwksError as exc:
             log.error(
                 "%s: jwtRules issuer %s: unusable jwks (%s): its tokens are rejected", where, issuer, exc
@@ -157,16 +176,24 @@ def compile_rule(spec: Mapping[str, Any], where: str, bundles: BundleSet, jwks: 
         )
         keys = StaticKeys(KeySet(version=next_version()))
     locations: list[Location] = []
-    for h in spec.get("fromHeaders") or ():
+    from_headers = spec.get("fromHeaders") or ()
+    if not isinstance(from_headers, list | tuple):
+        log.error("%s: fromHeaders is not a list: ignored", where)
+        from_headers = ()
+    for h in from_headers:
         name = _header_name(h.get("name")) if isinstance(h, Mapping) else None
         if name is not None:
             locations.append(Location("header", name, str(h.get("prefix") or "")))
         else:
             log.error("%s: fromHeaders entry %r ignored: not a usable header name", where, h)
-    locations += [Location("param", str(p)) for p in spec.get("fromParams") or ()]
-    locations += [Location("cookie", str(c)) for c in spec.get("fromCookies") or ()]
+    for kind, field_name in (("param", "fromParams"), ("cookie", "fromCookies")):
+        names = _strings(spec.get(field_name))
+        if names is None:
+            log.error("%s: %s is not a list of strings: ignored", where, field_name)
+        locations += [Location(kind, n) for n in names or ()]
     claim_headers = []
-    for ch in spec.get("outputClaimToHeaders") or ():
+    outputs = spec.get("outputClaimToHeaders") or ()
+    for ch in outputs if isinstance(outputs, list | tuple) else ():
         name = _header_name(ch.get("header")) if isinstance(ch, Mapping) else None
         if name is None or not isinstance(ch.get("claim"), str):
             log.error("%s: outputClaimToHeaders entry %r ignored", where, ch)

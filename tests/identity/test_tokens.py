@@ -293,3 +293,14 @@ spec:
   rules:
   - from: [{source: {requestPrincipals: ["*"]}}]
 """
+
+
+def test_mistyped_rule_fields_fail_closed() -> None:
+    # audiences as a bare string must not become a list of its characters.
+    ra = request_authn(inline_rule().replace('audiences: ["api.shop"]', "audiences: a"))
+    assert resolve(resolver(ra), headers=bearer(mint(claims(aud="a")))).status == 401
+    # jwks written as a YAML mapping instead of a JSON string is accepted as the same document.
+    ra = request_authn(
+        f'{{issuer: "{ISSUER}", jwks: {{keys: [{json.dumps(jwk(RSA_KEY, "k1"))}]}}}}'
+    )
+    assert resolve(resolver(ra), headers=bearer(mint())).identity.token is not None
