@@ -66,3 +66,19 @@ def test_bad_bundle_is_a_usage_error(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert main([*serve, "--trust-bundle", f"example.org={bad}"]) == 2
     assert main([*serve, "--trust-bundle", f"example.org={tmp_path / 'missing.pem'}"]) == 2
     assert main([*serve, "--trusted-proxy", "not-a-cidr"]) == 2
+
+
+def test_identity_settings_from_config_file(tmp_path: Path) -> None:
+    from extauthz.settings import SettingsError, build_settings
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        "trust-bundle: example.org=/b.pem\ntrusted-proxy: [10.0.0.0/8]\n"
+        "bind-token-to-peer: true\nworkload-api: unix:///run/agent.sock\n"
+    )
+    s = build_settings(str(cfg), {})
+    assert s.trust_bundle == ["example.org=/b.pem"] and s.trusted_proxy == ["10.0.0.0/8"]
+    assert s.bind_token_to_peer is True and s.workload_api == "unix:///run/agent.sock"
+    cfg.write_text("trusted-proxy: [nonsense]\n")
+    with pytest.raises(SettingsError):
+        build_settings(str(cfg), {})

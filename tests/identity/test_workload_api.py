@@ -152,3 +152,40 @@ def test_file_bundle_wins_over_workload_api(
         assert store.current.get("example.org").x509_authorities == (file_ca.cert,)  # type: ignore[union-attr]
     finally:
         watcher.stop()
+
+
+def test_served_process_takes_bundles_from_spiffe_endpoint_socket(
+    tmp_path: Path, workload_api: tuple[FakeWorkloadApi, str]
+) -> None:
+    import urllib.parse
+
+    from harness import ExtauthzProcess, write_policies
+
+    from extauthz._pb.envoy.service.auth.v3 import external_auth_pb2 as ext
+    from extauthz.samples import check_request
+
+    servicer, address = workload_api
+    ca = make_ca("example.org")
+    servicer.x509.put(wl.X509BundlesResponse(bundles={"spiffe://example.org": _der(ca)}))
+    policies = write_policies(
+        tmp_path / "policies",
+        {
+            "p.yaml": "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\n"
+            "metadata: {name: strict, namespace: istio-system}\nspec: {mtls: {mode: STRICT}}\n"
+            "---\napiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n"
+            "metadata: {name: all, namespace: istio-system}\nspec: {rules: [{}]}\n"
+        },
+    )
+    proc = ExtauthzProcess(policies, tmp_path / "run", env={"SPIFFE_ENDPOINT_SOCKET": address}).start()
+    try:
+        leaf = issue_svid(ca, FRONTEND).cert_pem.decode()
+        msg = check_request(certificate=urllib.parse.quote(leaf, safe=""))
+
+        def allowed() -> bool:
+            with grpc.insecure_channel(proc.grpc_target) as ch:
+                call = ch.unary_unary("/envoy.service.auth.v3.Authorization/Check")
+                return ext.CheckResponse.FromString(call(msg.SerializeToString(), timeout=5)).status.code == 0
+
+        _wait(allowed, timeout=10)
+    finally:
+        proc.stop()
