@@ -66,7 +66,9 @@ def new_decision_id() -> str:
     return uuid.uuid4().hex
 
 
-def decide(engine: Engine | None, req: RequestView, resolver: IdentityResolver | None = None) -> Decision:
+def decide(
+    engine: Engine | None, req: RequestView, resolver: IdentityResolver | None = None
+) -> Decision:
     """Decide one request. No I/O of its own; token expiry reads the clock.
 
     ``resolver`` is the identity step for ``engine``'s policy generation (built from its
@@ -83,8 +85,13 @@ def decide(engine: Engine | None, req: RequestView, resolver: IdentityResolver |
     who = resolver.resolve(req)
     if who.denied:
         return Decision(
-            False, who.status, who.reason, decision_id,
-            identity=who.identity, error=who.error, challenge=who.challenge,
+            False,
+            who.status,
+            who.reason,
+            decision_id,
+            identity=who.identity,
+            error=who.error,
+            challenge=who.challenge,
         )
     identity = who.identity
     verdict = engine.evaluate(req, identity)
@@ -92,8 +99,14 @@ def decide(engine: Engine | None, req: RequestView, resolver: IdentityResolver |
         # No ALLOW matched, no DENY either, and the request brought no token where a
         # RequestAuthentication applies: ask for credentials (401) rather than refuse (403).
         return Decision(
-            False, 401, REASON_AUTHN_REQUIRED, decision_id, identity=identity,
-            audit_policies=verdict.audit, dry_run=verdict.dry_run, challenge=MISSING_TOKEN_CHALLENGE,
+            False,
+            401,
+            REASON_AUTHN_REQUIRED,
+            decision_id,
+            identity=identity,
+            audit_policies=verdict.audit,
+            dry_run=verdict.dry_run,
+            challenge=MISSING_TOKEN_CHALLENGE,
         )
     headers = who.headers
     if verdict.allowed and identity.peer is not None:
