@@ -75,6 +75,7 @@ from envoy_data_plane.envoy.type.v3 import HttpStatus, StatusCode
 from envoy_data_plane.google.protobuf import Any as AnyMsg
 
 __all__ = [
+    "AUTHZ_HEALTH_SERVICE",
     "EXT_AUTHZ_FILTER_NAME",
     "DownstreamTls",
     "authz_cluster",
@@ -84,6 +85,7 @@ __all__ = [
     "parse_endpoint",
     "render_yaml",
     "snippet",
+    "status_code",
     "upstream_cluster",
 ]
 
@@ -93,6 +95,9 @@ HCM_FILTER_NAME = "envoy.filters.network.http_connection_manager"
 TLS_TRANSPORT_SOCKET = "envoy.transport_sockets.tls"
 HTTP_PROTOCOL_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 EXT_AUTHZ_TYPE_URL = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"
+# The gRPC health service name Envoy's active health check asks for: SERVING once a policy set
+# is loaded, NOT_SERVING from the moment the service starts draining.
+AUTHZ_HEALTH_SERVICE = "envoy.service.auth.v3.Authorization"
 
 Config = dict[str, Any]
 
@@ -201,8 +206,19 @@ def _cluster(
 # --------------------------------------------------------------------------- typed builders
 
 
-def ext_authz_filter_message(cluster: str = "extauthz", timeout_s: float = 0.25) -> HttpFilter:
+def status_code(code: int) -> StatusCode:
+    """An HTTP status Envoy can send (``status_on_error``); ValueError for anything else."""
+    if code not in StatusCode._value2member_map_ or code < 200:
+        raise ValueError(f"{code} is not an HTTP status code Envoy can send")
+    return StatusCode(code)
+
+
+def ext_authz_filter_message(
+    cluster: str = "extauthz", timeout_s: float = 0.25, status_on_error: int = 403
+) -> HttpFilter:
     """The typed ``envoy.filters.http.ext_authz`` HttpFilter (see :func:`ext_authz_filter`)."""
+    if timeout_s <= 0:
+        raise ValueError("the ext_authz timeout must be positive")
     config = ExtAuthz(
         transport_api_version=ApiVersion.V3,
         grpc_service=GrpcService(
@@ -211,7 +227,7 @@ def ext_authz_filter_message(cluster: str = "extauthz", timeout_s: float = 0.25)
         ),
         failure_mode_allow=False,
         include_peer_certificate=True,
-        status_on_error=HttpStatus(code=StatusCode.Forbidden),
+        status_on_error=HttpStatus(code=status_code(status_on_error)),
         stat_prefix="extauthz",
     )
     return HttpFilter(name=EXT_AUTHZ_FILTER_NAME, typed_config=AnyMsg.pack(config))
@@ -236,7 +252,7 @@ def authz_cluster_message(
                 interval=_seconds(2.0),
                 unhealthy_threshold=1,
                 healthy_threshold=1,
-                grpc_health_check=HealthCheckGrpcHealthCheck(),
+                grpc_health_check=HealthCheckGrpcHealthCheck(service_name=AUTHZ_HEALTH_SERVICE),
             )
         ]
         if health_check
@@ -250,6 +266,14 @@ def _per_route_ext_authz(context_extensions: Mapping[str, str]) -> dict[str, Any
     return {EXT_AUTHZ_FILTER_NAME: AnyMsg.pack(per_route)}
 
 
+# The HCM settings that make every path Envoy sends canonical (what policies compare against).
+_PATH_SETTINGS: dict[str, Any] = {
+    "normalize_path": True,
+    "merge_slashes": True,
+    "path_with_escaped_slashes_action": HttpConnectionManagerPathWithEscapedSlashesAction.REJECT_REQUEST,
+}
+
+
 def http_connection_manager_message(
     *,
     upstream_cluster: str,
@@ -257,6 +281,7 @@ def http_connection_manager_message(
     timeout_s: float = 0.25,
     context_extensions: Mapping[str, str] | None = None,
     stat_prefix: str = "ingress_http",
+    status_on_error: int = 403,
 ) -> HttpConnectionManager:
     """HCM with path normalisation, ext_authz then router, and one route ``/``."""
     route = Route(
@@ -266,16 +291,14 @@ def http_connection_manager_message(
     )
     return HttpConnectionManager(
         stat_prefix=stat_prefix,
-        normalize_path=True,
-        merge_slashes=True,
-        path_with_escaped_slashes_action=(HttpConnectionManagerPathWithEscapedSlashesAction.REJECT_REQUEST),
+        **_PATH_SETTINGS,
         use_remote_address=True,
         route_config=RouteConfiguration(
             name="local_route",
             virtual_hosts=[VirtualHost(name="all", domains=["*"], routes=[route])],
         ),
         http_filters=[
-            ext_authz_filter_message(authz_cluster_name, timeout_s),
+            ext_authz_filter_message(authz_cluster_name, timeout_s, status_on_error),
             router_filter_message(),
         ],
     )
@@ -313,6 +336,7 @@ def bootstrap_message(
     authz_cluster_name: str = "extauthz",
     upstream_cluster_name: str = "upstream",
     node_id: str = "extauthz-dev",
+    status_on_error: int = 403,
 ) -> Bootstrap:
     """The typed Bootstrap (see :func:`bootstrap`)."""
     hcm = http_connection_manager_message(
@@ -320,6 +344,7 @@ def bootstrap_message(
         authz_cluster_name=authz_cluster_name,
         timeout_s=timeout_s,
         context_extensions=context_extensions,
+        status_on_error=status_on_error,
     )
     chain = FilterChain(
         filters=[Filter(name=HCM_FILTER_NAME, typed_config=AnyMsg.pack(hcm))],
@@ -348,13 +373,18 @@ def bootstrap_message(
 # --------------------------------------------------------------------------- public dict API
 
 
-def ext_authz_filter(cluster: str = "extauthz", timeout_s: float = 0.25) -> Config:
+def ext_authz_filter(
+    cluster: str = "extauthz", timeout_s: float = 0.25, status_on_error: int = 403
+) -> Config:
     """The ``envoy.filters.http.ext_authz`` http filter as a dict.
 
     gRPC (V3) to ``cluster`` with a ``timeout_s`` deadline, fail closed
-    (``failure_mode_allow: false``, ``status_on_error: 403``), peer certificate included.
+    (``failure_mode_allow: false``; an error or timeout answers ``status_on_error``, 403 by
+    default), peer certificate included.
     """
-    out: Config = _explicit_defaults(_to_dict(ext_authz_filter_message(cluster, timeout_s)))
+    out: Config = _explicit_defaults(
+        _to_dict(ext_authz_filter_message(cluster, timeout_s, status_on_error))
+    )
     return out
 
 
@@ -378,11 +408,7 @@ def upstream_cluster(endpoint: str, name: str = "upstream") -> Config:
 
 def hcm_path_settings() -> Config:
     """The http_connection_manager path settings the policies rely on."""
-    return {
-        "normalize_path": True,
-        "merge_slashes": True,
-        "path_with_escaped_slashes_action": "REJECT_REQUEST",
-    }
+    return _to_dict(HttpConnectionManager(**_PATH_SETTINGS))
 
 
 def bootstrap(
@@ -399,6 +425,7 @@ def bootstrap(
     authz_cluster_name: str = "extauthz",
     upstream_cluster_name: str = "upstream",
     node_id: str = "extauthz-dev",
+    status_on_error: int = 403,
 ) -> Config:
     """A complete static Envoy bootstrap as a dict.
 
@@ -420,6 +447,7 @@ def bootstrap(
         authz_cluster_name=authz_cluster_name,
         upstream_cluster_name=upstream_cluster_name,
         node_id=node_id,
+        status_on_error=status_on_error,
     )
     out: Config = _explicit_defaults(_to_dict(msg))
     return out
@@ -431,22 +459,30 @@ def snippet(
     cluster: str = "extauthz",
     timeout_s: float = 0.25,
     health_check: bool = True,
+    status_on_error: int = 403,
+    context_extensions: Mapping[str, str] | None = None,
 ) -> Config:
     """What to paste into an existing Envoy config (for ``extauthz envoy-config``).
 
     ``http_connection_manager``: settings to merge into the HCM, with ``http_filters``
-    listing ext_authz before the router; ``clusters``: the extauthz cluster.
+    listing ext_authz before the router; ``clusters``: the extauthz cluster. With
+    ``context_extensions``, also ``route_typed_per_filter_config``: the value of a route's (or
+    virtual host's) ``typed_per_filter_config`` that sends them with every check.
     """
-    return {
+    out: Config = {
         "http_connection_manager": {
             **hcm_path_settings(),
             "http_filters": [
-                ext_authz_filter(cluster, timeout_s),
+                ext_authz_filter(cluster, timeout_s, status_on_error),
                 _to_dict(router_filter_message()),
             ],
         },
         "clusters": [authz_cluster(list(endpoints), cluster, health_check=health_check)],
     }
+    if context_extensions:
+        per_route = _per_route_ext_authz(context_extensions)
+        out["route_typed_per_filter_config"] = {k: _to_dict(v) for k, v in per_route.items()}
+    return out
 
 
 def render_yaml(cfg: Mapping[str, Any]) -> str:
