@@ -33,6 +33,8 @@ from envoy_data_plane.envoy.config.core.v3 import (
     Http2ProtocolOptions,
     Node,
     Pipe,
+    RetryPolicy,
+    RetryPolicyRetryHostPredicate,
     SocketAddress,
     TransportSocket,
 )
@@ -61,6 +63,7 @@ from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v
     HttpConnectionManagerPathWithEscapedSlashesAction,
     HttpFilter,
 )
+from envoy_data_plane.envoy.extensions.retry.host.previous_hosts.v3 import PreviousHostsPredicate
 from envoy_data_plane.envoy.extensions.transport_sockets.tls.v3 import (
     CertificateValidationContext,
     CommonTlsContext,
@@ -213,6 +216,25 @@ def status_code(code: int) -> StatusCode:
     return StatusCode(code)
 
 
+def _check_retry_policy() -> RetryPolicy:
+    """Retry a check that never reached a replica (one draining or gone) on another one.
+
+    Only failures where the service cannot have answered: no connection, a refused stream, or
+    UNAVAILABLE (what a stopping grpcio server answers). A deny is never retried.
+    """
+    return RetryPolicy(
+        retry_on="connect-failure,refused-stream,unavailable",
+        num_retries=2,
+        retry_host_predicate=[
+            RetryPolicyRetryHostPredicate(
+                name="envoy.retry_host_predicates.previous_hosts",
+                typed_config=AnyMsg.pack(PreviousHostsPredicate()),
+            )
+        ],
+        host_selection_retry_max_attempts=3,
+    )
+
+
 def ext_authz_filter_message(
     cluster: str = "extauthz", timeout_s: float = 0.25, status_on_error: int = 403
 ) -> HttpFilter:
@@ -224,6 +246,7 @@ def ext_authz_filter_message(
         grpc_service=GrpcService(
             envoy_grpc=GrpcServiceEnvoyGrpc(cluster_name=cluster),
             timeout=_seconds(timeout_s),
+            retry_policy=_check_retry_policy(),
         ),
         failure_mode_allow=False,
         include_peer_certificate=True,
@@ -250,6 +273,9 @@ def authz_cluster_message(
             HealthCheck(
                 timeout=_seconds(1.0),
                 interval=_seconds(2.0),
+                # Envoy's default for a cluster that has had no traffic yet is 60 s between
+                # checks: a replica that went away would keep being chosen for a minute.
+                no_traffic_interval=_seconds(2.0),
                 unhealthy_threshold=1,
                 healthy_threshold=1,
                 grpc_health_check=HealthCheckGrpcHealthCheck(service_name=AUTHZ_HEALTH_SERVICE),

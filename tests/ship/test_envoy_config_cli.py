@@ -105,6 +105,10 @@ def test_snippet_defaults_fail_closed_and_keep_paths_canonical() -> None:
     assert tc["transport_api_version"] == "V3"
     assert tc["status_on_error"] == {"code": "Forbidden"}
     assert tc["grpc_service"]["timeout"] == "0.250s"
+    retry = tc["grpc_service"]["retry_policy"]
+    # Only failures where no replica can have answered are retried, on another replica.
+    assert set(retry["retry_on"].split(",")) == {"connect-failure", "refused-stream", "unavailable"}
+    assert retry["retry_host_predicate"][0]["name"] == "envoy.retry_host_predicates.previous_hosts"
     hcm = cfg["http_connection_manager"]
     assert hcm["normalize_path"] is True and hcm["merge_slashes"] is True
     assert hcm["path_with_escaped_slashes_action"] == "REJECT_REQUEST"
@@ -113,6 +117,7 @@ def test_snippet_defaults_fail_closed_and_keep_paths_canonical() -> None:
     assert "http2_protocol_options" in str(cluster["typed_extension_protocol_options"])
     (check,) = cluster["health_checks"]
     assert check["grpc_health_check"] == {"service_name": envoy_config.AUTHZ_HEALTH_SERVICE}
+    assert check["no_traffic_interval"] == check["interval"] == "2s"
     assert "route_typed_per_filter_config" not in cfg
 
 
