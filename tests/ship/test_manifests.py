@@ -56,6 +56,29 @@ def test_every_yaml_file_is_covered_and_parses() -> None:
                 assert doc["metadata"]["name"], path
 
 
+# grpc probes are GA from Kubernetes 1.27; check against that and the newest schemas known.
+KUBERNETES_VERSIONS = ("1.27", "latest")
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+def test_kubernetes_manifests_match_the_api_schema(version: str) -> None:
+    """Strict: an unknown or misspelt field (``readOnlyRootFileSystem``) fails."""
+    kv = pytest.importorskip("kubernetes_validate")
+    target = kv.latest_version() if version == "latest" else version
+    checked = 0
+    for path in sorted(K8S.glob("*.yaml")):
+        for doc in _docs(path):
+            if doc["kind"] == "Kustomization":
+                continue
+            kv.validate(doc, target, strict=True)
+            checked += 1
+    assert checked == 7
+    broken = _one(K8S / "deployment.yaml")
+    broken["spec"]["template"]["spec"]["containers"][0]["securityContext"]["readOnlyRootFileSystem"] = True
+    with pytest.raises(kv.ValidationError):
+        kv.validate(broken, target, strict=True)
+
+
 def test_kustomization_lists_every_kubernetes_manifest_in_one_namespace() -> None:
     kustomization = _one(K8S / "kustomization.yaml")
     listed = set(kustomization["resources"])
