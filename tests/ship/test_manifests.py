@@ -46,6 +46,7 @@ def test_every_yaml_file_is_covered_and_parses() -> None:
         "kubernetes/service.yaml",
         "kubernetes/service-headless.yaml",
         "kubernetes/pdb.yaml",
+        "kubernetes/optional/networkpolicy.yaml",
         "istio/mesh/istio-operator.yaml",
         "istio/mesh/authorizationpolicy-custom.yaml",
     }, "a new manifest needs its checks here"
@@ -66,13 +67,13 @@ def test_kubernetes_manifests_match_the_api_schema(version: str) -> None:
     kv = pytest.importorskip("kubernetes_validate")
     target = kv.latest_version() if version == "latest" else version
     checked = 0
-    for path in sorted(K8S.glob("*.yaml")):
+    for path in sorted(K8S.rglob("*.yaml")):
         for doc in _docs(path):
             if doc["kind"] == "Kustomization":
                 continue
             kv.validate(doc, target, strict=True)
             checked += 1
-    assert checked == 7
+    assert checked == 8
     broken = _one(K8S / "deployment.yaml")
     broken["spec"]["template"]["spec"]["containers"][0]["securityContext"]["readOnlyRootFileSystem"] = True
     with pytest.raises(kv.ValidationError):
@@ -161,6 +162,20 @@ def test_services_and_pdb_select_the_pods() -> None:
     assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
     assert pdb["spec"]["maxUnavailable"] == 1 < deployment["spec"]["replicas"]
     assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+
+
+def test_optional_network_policy_admits_only_checks_and_scrapes() -> None:
+    netpol = _one(K8S / "optional" / "networkpolicy.yaml")
+    labels = _one(K8S / "deployment.yaml")["spec"]["template"]["metadata"]["labels"]
+    spec = netpol["spec"]
+    assert spec["podSelector"]["matchLabels"].items() <= labels.items()
+    assert set(spec["policyTypes"]) == {"Ingress", "Egress"}
+    assert spec["egress"] == []
+    ports = {p["name"]: p["containerPort"] for p in _container()["ports"]}
+    allowed = sorted(p["port"] for rule in spec["ingress"] for p in rule["ports"])
+    assert allowed == sorted([ports["grpc"], ports["metrics"]])
+    assert all(rule["from"] and "namespaceSelector" in rule["from"][0] for rule in spec["ingress"])
+    assert "optional/networkpolicy.yaml" not in _one(K8S / "kustomization.yaml")["resources"]
 
 
 def test_policy_configmap_matches_the_example_policies_and_loads(tmp_path: Path) -> None:
