@@ -240,7 +240,7 @@ def _slug(heading: str) -> str:
 
 
 def test_links_resolve() -> None:
-    for doc in DOCS:
+    for doc in [*DOCS, REPO / "README.md"]:
         text = doc.read_text(encoding="utf-8")
         for target in re.findall(r"\]\(([^)\s]+)\)", text):
             if target.startswith(("http://", "https://")):
