@@ -288,7 +288,7 @@ class IdentityResolver:
     def resolve(self, req: RequestView, now: float | None = None) -> Resolution:
         now = time.time() if now is None else now
         remove: tuple[str, ...] = (XFCC_HEADER, *self._output_headers)
-        principal, certificate, via = req.source.principal, req.source.certificate, "source.principal"
+        principal, certificate, via = req.source.principal, req.source.certificate, "source principal"
         xfcc = req.headers.get(XFCC_HEADER)
         if xfcc is not None and self.trusted.trusts(req.source.address):
             try:
