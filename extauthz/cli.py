@@ -29,15 +29,21 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="run the ext_authz gRPC service")
     s.add_argument("--policies", metavar="DIR", help="policy directory (default ./policies)")
     s.add_argument("--listen", metavar="ADDR", help="HOST:PORT or unix:/PATH (127.0.0.1:9191)")
-    s.add_argument("--workers", type=int, metavar="N", help="serving processes (default 1)")
+    s.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="serving processes (default 1); worker i listens on PORT+i (unix: PATH.i)",
+    )
+    s.add_argument(
+        "--transport",
+        choices=["grpcio", "h2corn"],
+        help="gRPC server: grpcio (default) or h2corn (Rust HTTP/2, ASGI)",
+    )
     s.add_argument("--metrics", metavar="ADDR", help="HOST:PORT for Prometheus /metrics")
     s.add_argument("--audit-log", metavar="PATH", help="JSON Lines audit log; - is stdout")
-    s.add_argument(
-        "--trust-bundle", action="append", metavar="TD=PATH", help="trust bundle (repeatable)"
-    )
-    s.add_argument(
-        "--trusted-proxy", action="append", metavar="CIDR", help="trusted XFCC proxy (repeatable)"
-    )
+    s.add_argument("--trust-bundle", action="append", metavar="TD=PATH", help="trust bundle (repeatable)")
+    s.add_argument("--trusted-proxy", action="append", metavar="CIDR", help="trusted XFCC proxy (repeatable)")
     s.add_argument("--root-namespace", metavar="NS", help="Istio root namespace (istio-system)")
     s.add_argument("--threads", type=int, metavar="N", help="gRPC handler threads per worker")
     s.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
@@ -55,6 +61,19 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         metavar="ADDR",
         help="extauthz address(es) as Envoy should reach them (default 127.0.0.1:9191)",
+    )
+    e.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="list N endpoints per --endpoint, as `serve --workers N` listens (PORT+i, PATH.i)",
+    )
+    e.add_argument(
+        "--grpc-client",
+        choices=["envoy_grpc", "google_grpc"],
+        default="envoy_grpc",
+        help="Envoy's gRPC client for the check (default envoy_grpc: cheaper, see bench/README.md)",
     )
     e.add_argument("--timeout", type=float, default=0.25, metavar="SECONDS")
     e.add_argument("--bootstrap", action="store_true", help="print a complete Envoy bootstrap")
@@ -145,8 +164,20 @@ def _check(args: argparse.Namespace) -> int:
 
 def _envoy_config(args: argparse.Namespace) -> int:
     from extauthz import envoy_config
+    from extauthz.settings import SettingsError, worker_addresses
 
-    endpoints = args.endpoint or ["127.0.0.1:9191"]
+    if args.workers < 1:
+        print("extauthz envoy-config: --workers must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        endpoints = [
+            addr
+            for base in (args.endpoint or ["127.0.0.1:9191"])
+            for addr in worker_addresses(base, args.workers)
+        ]
+    except SettingsError as exc:
+        print(f"extauthz envoy-config: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     if args.bootstrap:
         cfg = envoy_config.bootstrap(
             listen_port=args.listen_port,
@@ -154,9 +185,10 @@ def _envoy_config(args: argparse.Namespace) -> int:
             authz_endpoints=endpoints,
             admin_port=args.admin_port,
             timeout_s=args.timeout,
+            grpc_client=args.grpc_client,
         )
     else:
-        cfg = envoy_config.snippet(endpoints, timeout_s=args.timeout)
+        cfg = envoy_config.snippet(endpoints, timeout_s=args.timeout, grpc_client=args.grpc_client)
     sys.stdout.write(envoy_config.render_yaml(cfg))
     return EXIT_OK
 

@@ -19,7 +19,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from extauthz import response
 from extauthz.audit import AuditLog
-from extauthz.check import CheckCore
+from extauthz.check import REASON_MALFORMED, CheckCore, Decision, audit_record, new_decision_id, render
 from extauthz.metrics import Metrics
 from extauthz.reload import DirectoryWatcher, PolicyStore
 from extauthz.settings import Settings, parse_listen
@@ -34,8 +34,11 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 class Service:
     """Everything one serving process holds: policies, core, audit, metrics, health."""
 
-    def __init__(self, settings: Settings, store: PolicyStore, audit: AuditLog) -> None:
+    def __init__(
+        self, settings: Settings, store: PolicyStore, audit: AuditLog, *, worker: int | None = None
+    ) -> None:
         self.settings = settings
+        self.worker = worker  # index under `serve --workers N` (N > 1): in every audit record
         self.store = store
         self.audit = audit
         self.metrics = Metrics()
@@ -66,11 +69,32 @@ class Service:
                 self.metrics.bad_requests.labels("non_canonical").inc()
             elif decision.reason == "malformed_check_request":
                 self.metrics.bad_requests.labels("malformed").inc()
+            if self.worker is not None:
+                record["worker"] = self.worker
             if not self.audit.emit(record):
                 self.metrics.audit_lost.inc()
             return body
         except Exception:
             log.exception("check handler failed; answering deny")
+            return response.STATIC_DENY
+
+
+    def handle_malformed(self, error: str) -> bytes:
+        """A call whose gRPC framing was bad (transports that parse frames themselves): deny it,
+        count it and audit it like an undecodable CheckRequest. Never raises."""
+        try:
+            decision = Decision(False, 403, REASON_MALFORMED, new_decision_id(), error=error)
+            body = render(decision)
+            self.metrics.observe(False, decision.reason, 0.0)
+            self.metrics.bad_requests.labels("malformed").inc()
+            record = audit_record(decision, None, 0)
+            if self.worker is not None:
+                record["worker"] = self.worker
+            if not self.audit.emit(record):
+                self.metrics.audit_lost.inc()
+            return body
+        except Exception:
+            log.exception("malformed-call handler failed; answering deny")
             return response.STATIC_DENY
 
 
@@ -99,17 +123,42 @@ def build_server(service: Service, settings: Settings) -> tuple[grpc.Server, int
 
 
 def serve(settings: Settings) -> int:
-    """Run the service until SIGTERM/SIGINT. Raises PolicyError when the first load fails."""
+    """Run the service until SIGTERM/SIGINT. Raises PolicyError when the first load fails.
+
+    ``--workers N`` (N > 1) runs a supervisor and N worker processes (extauthz.workers)."""
+    if settings.workers > 1:
+        from extauthz.workers import supervise
+
+        return supervise(settings)
+    return serve_worker(settings)
+
+
+def serve_worker(settings: Settings, worker: int | None = None) -> int:
+    """One serving process on ``settings.listen`` with the chosen transport."""
     store = PolicyStore(settings.policies, root_namespace=settings.root_namespace)
     store.load()
     audit = AuditLog.open(settings.audit_log)
-    service = Service(settings, store, audit)
+    service = Service(settings, store, audit, worker=worker)
     if settings.metrics:
         service.metrics.serve(settings.metrics)
-    server, port = build_server(service, settings)
-    server.start()
     watcher = DirectoryWatcher(store)
     watcher.start()
+    try:
+        if settings.transport == "h2corn":
+            from extauthz.transport_h2corn import serve_h2corn
+
+            return serve_h2corn(service, settings)
+        return _serve_grpcio(service, settings)
+    finally:
+        watcher.stop()
+        audit.close()
+        log.info("stopped; %d audit records written, %d lost", audit.written, audit.lost)
+
+
+def _serve_grpcio(service: Service, settings: Settings) -> int:
+    store = service.store
+    server, port = build_server(service, settings)
+    server.start()
     stop = threading.Event()
 
     def on_stop(signum: int, frame: FrameType | None) -> None:
@@ -122,7 +171,7 @@ def serve(settings: Settings) -> int:
     signal.signal(signal.SIGINT, on_stop)
     signal.signal(signal.SIGHUP, on_hup)
     log.info(
-        "serving on %s (port %d), policies from %s, generation %d",
+        "serving on %s (port %d, grpcio), policies from %s, generation %d",
         settings.listen,
         port,
         settings.policies,
@@ -133,7 +182,4 @@ def serve(settings: Settings) -> int:
     log.info("stopping: draining in-flight checks (up to %.1fs)", settings.drain_seconds)
     service.health.enter_graceful_shutdown()
     server.stop(settings.drain_seconds).wait()
-    watcher.stop()
-    audit.close()
-    log.info("stopped; %d audit records written, %d lost", audit.written, audit.lost)
     return 0
