@@ -38,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--transport",
         choices=["grpcio", "h2corn"],
-        help="gRPC server: grpcio (default) or h2corn (Rust HTTP/2, ASGI)",
+        help="gRPC server: h2corn (default; Rust HTTP/2, ASGI) or grpcio (the fallback)",
     )
     s.add_argument("--metrics", metavar="ADDR", help="HOST:PORT for Prometheus /metrics")
     s.add_argument("--audit-log", metavar="PATH", help="JSON Lines audit log; - is stdout")
