@@ -368,6 +368,10 @@ def row(name: str, load: Load, split: dict[str, float] | None = None, **more: An
     r["statuses"] = load.extra.get("statuses", {})
     if split:
         r["cpu"] = split
+        done = load.rps * split.get("wall", 0.0)
+        if done:
+            # CPU microseconds per request of each process: robust when the cores are shared.
+            r["us_per_req"] = {k: round(v / done * 1e6, 1) for k, v in split.items() if k != "wall"}
     r.update(more)
     return r
 

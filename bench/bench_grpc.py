@@ -32,7 +32,7 @@ from _common import (
     started,
 )
 
-COLUMNS = ["name", "rps", "per_core", "ratio_to_noop", "p50_ms", "p99_ms", "failed", "cpu"]
+COLUMNS = ["name", "rps", "per_core", "ratio_to_noop", "p50_ms", "p99_ms", "failed", "us_per_req"]
 
 
 def noop_cmd(transport: str, port: int) -> list[str]:
