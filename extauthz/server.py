@@ -113,12 +113,12 @@ def build_server(service: Service, settings: Settings) -> tuple[grpc.Server, int
     )
     health_pb2_grpc.add_HealthServicer_to_server(service.health, server)
     kind, where = parse_listen(settings.listen)
-    if kind == "unix":
-        port = server.add_insecure_port(f"unix:{where}")
-    else:
-        port = server.add_insecure_port(settings.listen)
-        if port == 0:
-            raise OSError(f"cannot listen on {settings.listen}")
+    try:
+        port = server.add_insecure_port(f"unix:{where}" if kind == "unix" else settings.listen)
+    except RuntimeError as exc:  # grpcio's "Failed to bind"
+        raise OSError(f"cannot listen on {settings.listen}: {exc}") from exc
+    if kind != "unix" and port == 0:
+        raise OSError(f"cannot listen on {settings.listen}")
     return server, port
 
 

@@ -245,7 +245,12 @@ def serve_h2corn(service: Service, settings: Settings) -> int:
         loop.add_signal_handler(signal.SIGINT, stop)
         loop.add_signal_handler(signal.SIGHUP, reload)
         serving = asyncio.ensure_future(server.serve())
-        await server.wait_started()
+        started = asyncio.ensure_future(server.wait_started())
+        await asyncio.wait({serving, started}, return_when=asyncio.FIRST_COMPLETED)
+        if serving.done():  # failed to start (address in use, ...): raise its error
+            started.cancel()
+            serving.result()
+            return
         log.info(
             "serving on %s (h2corn), policies from %s, generation %d",
             ", ".join(server.addresses),

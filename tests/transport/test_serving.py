@@ -95,3 +95,38 @@ def test_sigterm_drains_and_exits_zero(server: ExtauthzProcess) -> None:
     records = server.audit_records()
     assert len(records) >= len(answered)
     assert len(server.audit_log.read_text().splitlines()) == len(records)  # no partial line
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_address_in_use_exits_2_with_a_message(tmp_path: Path, transport: str) -> None:
+    import socket
+    import subprocess
+    import sys
+
+    policies = write_policies(tmp_path / "policies", {"p.yaml": POLICY})
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "extauthz",
+                "serve",
+                "--transport",
+                transport,
+                "--policies",
+                str(policies),
+                "--listen",
+                f"127.0.0.1:{port}",
+                "--audit-log",
+                str(tmp_path / "a.log"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+    assert result.returncode == 2, result.stderr
+    assert f"127.0.0.1:{port}" in result.stderr.splitlines()[-1]
