@@ -11,8 +11,9 @@ bytes in, response bytes out); only the gRPC wire work differs, done here by han
 - ``grpc-timeout`` is honoured: an expired deadline answers DEADLINE_EXCEEDED (Envoy then
   applies ``status_on_error``: 403 with our config).
 - ``grpc-status`` always travels in trailers (``http.response.trailers``), after the headers.
-- ``grpc.health.v1.Health/Check`` is served here too (SERVING once a policy set is loaded,
-  NOT_SERVING while draining); ``Watch`` answers UNIMPLEMENTED.
+- ``grpc.health.v1.Health`` is served here too (SERVING once a policy set is loaded,
+  NOT_SERVING while draining): ``Check``, and ``Watch`` (the status, then every change; the
+  stream ends when the server drains).
 - SIGTERM: health turns NOT_SERVING, h2corn stops accepting and gives in-flight calls up to
   ``drain_seconds`` to finish; SIGHUP reloads policies.
 """
@@ -37,6 +38,7 @@ log = logging.getLogger("extauthz.transport.h2corn")
 CHECK_PATH = f"/{AUTHZ_SERVICE}/{CHECK_METHOD}"
 HEALTH_CHECK_PATH = "/grpc.health.v1.Health/Check"
 HEALTH_WATCH_PATH = "/grpc.health.v1.Health/Watch"
+WATCH_POLL_SECONDS = 0.5
 
 # gRPC status codes used here.
 OK = 0
@@ -134,6 +136,9 @@ class GrpcApp:
                 await _status_only(send, code, "unknown service")
                 return
             answer = answer_or_none
+        elif path == HEALTH_WATCH_PATH:
+            await self._watch(body, receive, send)
+            return
         else:
             await _status_only(send, UNIMPLEMENTED, f"unknown method {path}")
             return
@@ -143,6 +148,38 @@ class GrpcApp:
         await send(_RESPONSE_START)
         await send({"type": "http.response.body", "body": frame(answer), "more_body": False})
         await send(_OK_TRAILERS)
+
+    async def _watch(self, body: bytes, receive: Receive, send: Send) -> None:
+        """Health/Watch: the status now, then each change, until the client goes away or the
+        server drains (NOT_SERVING is sent, then the stream ends with OK)."""
+        code, answer = self._health(body)
+        if answer is None:
+            await _status_only(send, code, "unknown service")
+            return
+        await send(_RESPONSE_START)
+        await send({"type": "http.response.body", "body": frame(answer), "more_body": True})
+
+        async def next_event() -> dict[str, Any]:
+            return await receive()
+
+        gone = asyncio.create_task(next_event())  # http.disconnect when the client leaves
+        try:
+            last = answer
+            while not self.draining:
+                done, _ = await asyncio.wait({gone}, timeout=WATCH_POLL_SECONDS)
+                if done:
+                    return
+                _, now = self._health(body)
+                if now is not None and now != last:
+                    await send({"type": "http.response.body", "body": frame(now), "more_body": True})
+                    last = now
+            _, now = self._health(body)
+            if now is not None and now != last:
+                await send({"type": "http.response.body", "body": frame(now), "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await send(_OK_TRAILERS)
+        finally:
+            gone.cancel()
 
     def _health(self, body: bytes) -> tuple[int, bytes | None]:
         message, _ = unframe(body, self.max_message_bytes)

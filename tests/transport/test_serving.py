@@ -130,3 +130,36 @@ def test_address_in_use_exits_2_with_a_message(tmp_path: Path, transport: str) -
         )
     assert result.returncode == 2, result.stderr
     assert f"127.0.0.1:{port}" in result.stderr.splitlines()[-1]
+
+
+def test_health_check_and_watch_until_drain(server: ExtauthzProcess) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+    with grpc.insecure_channel(server.grpc_target) as ch:
+        stub = health_pb2_grpc.HealthStub(ch)
+        for name in ("", "envoy.service.auth.v3.Authorization"):
+            assert stub.Check(health_pb2.HealthCheckRequest(service=name), timeout=2).status == serving
+        with pytest.raises(grpc.RpcError) as info:
+            stub.Check(health_pb2.HealthCheckRequest(service="nope"), timeout=2)
+        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+        stream = stub.Watch(health_pb2.HealthCheckRequest(service=""), timeout=20)
+        assert next(stream).status == serving
+        seen: list[int] = []
+        reader = threading.Thread(target=lambda: seen.extend(r.status for r in _until_end(stream)))
+        reader.start()
+        time.sleep(0.3)
+        assert server.stop(timeout=15) == 0
+        reader.join(20)
+    assert not reader.is_alive()
+    assert not_serving in seen, seen  # told NOT_SERVING before the stream ended
+
+
+def _until_end(stream: object) -> list[object]:
+    out = []
+    try:
+        for item in stream:  # type: ignore[attr-defined]
+            out.append(item)
+    except grpc.RpcError:
+        pass
+    return out
