@@ -288,7 +288,13 @@ def test_envoy_spreads_checks_over_the_workers(
             tls=pki.envoy_tls(),
             context_extensions={"namespace": "shop"},
             timeout_s=2.0,
+            authz_health_check=True,
         ).start()
+        # Envoy's gRPC health checker finds every worker healthy (Health/Check on each address).
+        deadline = time.monotonic() + 10
+        while envoy.stats().get("cluster.extauthz.membership_healthy") != 2:
+            assert time.monotonic() < deadline, {k: v for k, v in envoy.stats().items() if "health" in k}
+            time.sleep(0.2)
         for i in range(20):
             r = https_request(
                 envoy.listen_port, "GET", f"/api/items/{i}", ca_file=pki.ca_file, client=pki.files["frontend"]
@@ -301,6 +307,7 @@ def test_envoy_spreads_checks_over_the_workers(
         assert r.status == 403
         records = authz.wait_audit(21)
         per_worker = Counter(rec["worker"] for rec in records)
+        assert envoy.stats().get("cluster.extauthz.health_check.failure", 0) == 0
         assert set(per_worker) == {0, 1}, per_worker
         assert min(per_worker.values()) >= 5, per_worker  # round robin: about 10 each
     finally:
