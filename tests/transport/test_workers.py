@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import time
+import urllib.request
 from collections import Counter
 from contextlib import redirect_stdout
 from pathlib import Path
@@ -223,12 +224,20 @@ def _worker_pids(proc: ExtauthzProcess) -> list[int]:
 def test_supervisor_serves_reloads_restarts_and_drains(tmp_path: Path, transport: str) -> None:
     policies = write_policies(tmp_path / "policies", {"p.yaml": POLICY})
     proc = Workers(policies, tmp_path / "w", 2, transport)
+    metrics = _consecutive_ports(2)
+    proc.extra_args += ["--metrics", f"127.0.0.1:{metrics}"]
     proc.start()
     try:
         proc.wait_all_serving()
-        for target in proc.targets:
-            assert _check(target, "/api/items").status.code == 0
+        for i, target in enumerate(proc.targets):
+            for _ in range(i + 1):  # worker 0 answers 1 allow, worker 1 answers 2
+                assert _check(target, "/api/items").status.code == 0
             assert _check(target, "/reports").status.code != 0
+        # Per-worker counters: worker i has its own /metrics on METRICS_PORT + i.
+        for i in range(2):
+            with urllib.request.urlopen(f"http://127.0.0.1:{metrics + i}/metrics", timeout=5) as resp:
+                text = resp.read().decode()
+            assert f'extauthz_checks_total{{outcome="allow",reason="allowed"}} {i + 1}.0' in text, text
         # A new policy file reaches every worker (each watches the directory; SIGHUP forwarded).
         (policies / "extra.yaml").write_text(EXTRA)
         assert proc.proc is not None
