@@ -5,6 +5,7 @@
     python bench/run.py scale   # --workers 1, 2, ...
     python bench/run.py rules   # policy-size sweep (bench/rules.py, from the policy work)
     python bench/run.py stacks  # how the gRPC stack was chosen (grpcio variants, ASGI servers)
+    python bench/run.py profile # py-spy profile of the service under h2load
     python bench/run.py all     # grpc, envoy, scale, rules (and stacks), one after the other
 
 Options after the command go to it (``python bench/run.py grpc --seconds 10 --open-loop``).
@@ -29,6 +30,7 @@ COMMANDS = {
     "scale": "bench_scale",
     "rules": "rules",
     "stacks": "bench_stacks",
+    "profile": "bench_profile",
 }
 
 
@@ -60,7 +62,7 @@ def main() -> int:
         return 2
     name, argv = sys.argv[1], sys.argv[2:]
     if name == "all":
-        return max(run(n, argv if n != "rules" else []) for n in COMMANDS)
+        return max(run(n, argv if n != "rules" else []) for n in ("grpc", "envoy", "scale", "rules"))
     return run(name, argv)
 
 
