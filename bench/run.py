@@ -15,6 +15,7 @@ Results: a table on stdout, bench/results/NAME.json and NAME.png. See bench/READ
 from __future__ import annotations
 
 import importlib.util
+import inspect
 import os
 import sys
 from pathlib import Path
@@ -48,9 +49,9 @@ def run(name: str, argv: list[str]) -> int:
     if main is None:
         print(f"{name}: {path.name} has no main()", file=sys.stderr)
         return 2
-    try:
+    if inspect.signature(main).parameters:
         code = main(argv)
-    except TypeError:  # a main() that reads sys.argv itself
+    else:  # a main() that reads sys.argv itself
         sys.argv = [str(path), *argv]
         code = main()
     return int(code or 0)
