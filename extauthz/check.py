@@ -2,10 +2,16 @@
 
 Transport-independent (grpcio today, any HTTP/2 server tomorrow) and fail-closed: every failure
 in here ends as a deny CheckResponse, never as an exception.
+
+One check, top to bottom (``CheckCore.answer``): parse -> quarantine? -> cache hit, or
+``decide`` (identity, policy) and maybe store -> identity headers -> response bytes -> audit
+(fail closed when the audit log cannot take the record and ``audit_overflow`` is ``deny``) ->
+metrics -> deny-rate accounting.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import uuid
@@ -17,8 +23,11 @@ from google.protobuf.message import DecodeError
 
 from extauthz import response
 from extauthz._pb.envoy.service.auth.v3 import external_auth_pb2 as ext
-from extauthz.audit import rfc3339_now
+from extauthz.anomaly import Quarantine, QuarantineEvent, caller_of
+from extauthz.audit import OVERFLOW_DENY, AuditLog, rfc3339, rfc3339_now
+from extauthz.cache import CACHEABLE_REASONS, DecisionCache
 from extauthz.identity import Identity, establish
+from extauthz.metrics import Metrics
 from extauthz.policy.engine import Engine
 from extauthz.request import RequestView, from_check_request
 
@@ -31,6 +40,12 @@ REASON_MALFORMED = "malformed_check_request"
 REASON_INVALID_PEER = "invalid_peer_identity"
 REASON_NO_POLICY = "no_policy_loaded"
 REASON_INTERNAL = "internal_error"
+REASON_QUARANTINED = "quarantined"  # too many denials lately (see anomaly.py)
+REASON_AUDIT_UNAVAILABLE = "audit_unavailable"  # audit_overflow: deny, and the log is behind
+# Denials that say nothing about the caller: they never count towards a quarantine.
+_NOT_THE_CALLERS_FAULT = frozenset(
+    {REASON_QUARANTINED, REASON_AUDIT_UNAVAILABLE, REASON_INTERNAL, REASON_NO_POLICY}
+)
 
 
 @dataclass(slots=True)
@@ -88,15 +103,36 @@ def decide(engine: Engine | None, req: RequestView) -> Decision:
     )
 
 
-def render(decision: Decision) -> bytes:
+def metadata(decision: Decision) -> response.Metadata:
+    """``dynamic_metadata`` for Envoy's access logs: who was decided about, and how."""
+    ident = decision.identity
+    token = ident.token
+    return {
+        "decision_id": decision.decision_id,
+        "allowed": decision.allowed,
+        "reason": decision.reason,
+        "policy": decision.policy,
+        "peer": str(ident.peer) if ident.peer is not None else None,
+        "peer_verified": ident.peer_verified if ident.peer is not None else None,
+        "request_principal": ident.request_principal or None,
+        "token_issuer": token.issuer if token is not None else None,
+        "token_subject": token.subject if token is not None else None,
+    }
+
+
+def render(decision: Decision, managed: tuple[str, ...] = response.IDENTITY_HEADERS) -> bytes:
     if decision.allowed:
-        return response.allow(decision.headers)
-    return response.deny(decision.status, decision.decision_id, decision.reason)
+        return response.allow(decision.headers, managed=managed, metadata=metadata(decision))
+    return response.deny(
+        decision.status, decision.decision_id, decision.reason, metadata=metadata(decision)
+    )
 
 
 def audit_record(decision: Decision, req: RequestView | None, latency_us: int) -> dict[str, Any]:
     """The audit record of one decision (see the interface spec for the field list)."""
     r = req or RequestView()
+    ident = decision.identity
+    token = ident.token
     return {
         "time": rfc3339_now(),
         "decision_id": decision.decision_id,
@@ -110,9 +146,13 @@ def audit_record(decision: Decision, req: RequestView | None, latency_us: int) -
             "principal": r.source.principal or None,
             "address": r.source.address or None,
         },
+        "peer_verified": ident.peer_verified,
         "destination": {"principal": r.destination.principal or None},
         "request": {"method": r.method, "host": r.host, "path": r.path},
-        "token": {"iss": None, "sub": None},
+        "token": {
+            "iss": token.issuer if token is not None else None,
+            "sub": token.subject if token is not None else None,
+        },
         "cache": decision.cache,
         "latency_us": latency_us,
         "audit_policies": list(decision.audit_policies),
@@ -120,22 +160,129 @@ def audit_record(decision: Decision, req: RequestView | None, latency_us: int) -
     }
 
 
-class CheckCore:
-    """Answers Check calls against whatever policy set ``current_engine`` returns right now."""
+def quarantine_record(event: QuarantineEvent) -> dict[str, Any]:
+    kind, who = event.caller
+    return {
+        "time": rfc3339_now(),
+        "event": "quarantine_start" if event.started else "quarantine_end",
+        "source": {kind: who},
+        "until": rfc3339(event.until),
+        "denials": event.denies or None,
+    }
 
-    def __init__(self, current_engine: Callable[[], Engine | None]) -> None:
+
+class CheckCore:
+    """Answers Check calls against whatever policy set ``current_engine`` returns right now.
+
+    Everything but the policy set is optional: ``cache`` (decision cache), ``quarantine``
+    (anomaly response), ``audit`` and ``metrics`` (used by ``answer``), ``identity_headers``.
+    """
+
+    def __init__(
+        self,
+        current_engine: Callable[[], Engine | None],
+        *,
+        cache: DecisionCache | None = None,
+        identity_headers: response.IdentityHeaders | None = None,
+        quarantine: Quarantine | None = None,
+        audit: AuditLog | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
         self._current_engine = current_engine
+        self.cache = cache
+        self.identity_headers = identity_headers or response.IdentityHeaders()
+        self._managed = self.identity_headers.names
+        self.quarantine = quarantine
+        self.audit = audit
+        self.metrics = metrics
 
     def check_message(self, msg: ext.CheckRequest) -> tuple[bytes, dict[str, Any], Decision]:
-        return self._check(lambda: msg)
+        body, record, decision, _ = self._check(lambda: msg)
+        return body, record, decision
 
     def check(self, data: bytes) -> tuple[bytes, dict[str, Any], Decision]:
         """Answer one serialized CheckRequest: (CheckResponse bytes, audit record, decision)."""
-        return self._check(lambda: ext.CheckRequest.FromString(data))
+        body, record, decision, _ = self._check(lambda: ext.CheckRequest.FromString(data))
+        return body, record, decision
+
+    def answer(self, data: bytes) -> bytes:
+        """What the server calls: check, audit (failing closed if so set), metrics."""
+        start = time.perf_counter()
+        body, record, decision, req = self._check(lambda: ext.CheckRequest.FromString(data))
+        audit = self.audit
+        # emit() first: the record is offered whatever the decision; refused, an allow is undone.
+        if (
+            audit is not None
+            and not audit.emit(record)
+            and decision.allowed
+            and audit.overflow == OVERFLOW_DENY
+        ):
+            decision = Decision(
+                False,
+                403,
+                REASON_AUDIT_UNAVAILABLE,
+                decision.decision_id,
+                identity=decision.identity,
+                error="the audit log cannot take the record",
+                cache=decision.cache,
+            )
+            body = self._render_safely(decision)
+            audit.emit(audit_record(decision, req, record.get("latency_us", 0)))
+        m = self.metrics
+        if m is not None:
+            m.observe(decision.allowed, decision.reason, time.perf_counter() - start)
+            if decision.status == 400:
+                m.bad_requests.labels("non_canonical").inc()
+            elif decision.reason == REASON_MALFORMED:
+                m.bad_requests.labels("malformed").inc()
+        return body
+
+    def _decide(self, engine: Engine | None, req: RequestView) -> Decision:
+        """Quarantine, then the cache, then ``decide``."""
+        q = self.quarantine
+        if q is not None:
+            quarantined, event = q.check(caller_of(req))
+            if event is not None:
+                self._event(quarantine_record(event))
+            if quarantined:
+                return Decision(
+                    False, 403, REASON_QUARANTINED, req.request_id or new_decision_id()
+                )
+        cache = self.cache
+        if cache is None or engine is None or req.problem is not None:
+            return self._with_headers(decide(engine, req))
+        key = cache.key(engine, req)
+        cached: Decision | None = cache.get(key)
+        if cached is not None:
+            return dataclasses.replace(
+                cached, decision_id=req.request_id or new_decision_id(), cache="hit"
+            )
+        decision = self._with_headers(decide(engine, req))
+        if decision.reason in CACHEABLE_REASONS and decision.error is None:
+            ident = decision.identity
+            token_exp = ident.token.expires_at if ident.token is not None else None
+            cache.put(key, decision, token_exp, ident.peer_not_after)
+        return decision
+
+    def _with_headers(self, decision: Decision) -> Decision:
+        if decision.allowed:
+            decision.headers = self.identity_headers.values(decision.identity)
+        return decision
+
+    def _event(self, record: dict[str, Any]) -> None:
+        if self.audit is not None:
+            self.audit.emit(record)
+
+    def _render_safely(self, decision: Decision) -> bytes:
+        try:
+            return render(decision, self._managed)
+        except Exception:
+            log.exception("cannot render a deny response; using the static one")
+            return response.STATIC_DENY
 
     def _check(
         self, parse: Callable[[], ext.CheckRequest]
-    ) -> tuple[bytes, dict[str, Any], Decision]:
+    ) -> tuple[bytes, dict[str, Any], Decision, RequestView | None]:
         start = time.perf_counter_ns()
         req: RequestView | None = None
         engine = self._current_engine()  # read once: the whole check sees one policy set
@@ -147,8 +294,8 @@ class CheckCore:
                     False, 403, REASON_MALFORMED, new_decision_id(), error=f"undecodable: {exc}"
                 )
             else:
-                decision = decide(engine, req)
-            body = render(decision)
+                decision = self._decide(engine, req)
+            body = render(decision, self._managed)
         except Exception:  # fail closed, whatever happened
             log.exception("internal error while checking a request")
             decision = Decision(
@@ -158,11 +305,7 @@ class CheckCore:
                 (req.request_id if req else "") or new_decision_id(),
                 error="internal error",
             )
-            body = response.STATIC_DENY
-            try:
-                body = render(decision)
-            except Exception:
-                log.exception("cannot render a deny response; using the static one")
+            body = self._render_safely(decision)
         latency_us = (time.perf_counter_ns() - start) // 1000
         try:
             record = audit_record(decision, req, latency_us)
@@ -171,4 +314,17 @@ class CheckCore:
             record = {"time": rfc3339_now(), "decision_id": decision.decision_id,
                       "allowed": decision.allowed, "status": decision.status,
                       "reason": decision.reason, "error": "audit record incomplete"}
-        return body, record, decision
+        if (
+            self.quarantine is not None
+            and req is not None
+            and not decision.allowed
+            and decision.reason not in _NOT_THE_CALLERS_FAULT
+        ):
+            try:
+                event = self.quarantine.record_deny(caller_of(req))
+                if event is not None:
+                    log.warning("quarantined %s=%s until %s", *event.caller, rfc3339(event.until))
+                    self._event(quarantine_record(event))
+            except Exception:
+                log.exception("deny-rate accounting failed")
+        return body, record, decision, req
