@@ -167,8 +167,8 @@ class StreamSink:
     def initial_state(self, hasher: Hasher) -> ChainState:
         return ChainState()
 
-    def write(self, data: str) -> None:
-        self.stream.write(data)
+    def write(self, lines: list[str]) -> None:
+        self.stream.write("\n".join(lines) + "\n")
         self.stream.flush()
 
     def close(self) -> None:
@@ -200,13 +200,27 @@ class FileSink:
                 return _state_after(line, hasher)
         return ChainState()
 
-    def write(self, data: str) -> None:
+    def write(self, lines: list[str]) -> None:
         if self._f is None:  # a previous failure closed it: try again
             self._open()
+        chunk: list[str] = []
+        size = self._size
+        for line in lines:
+            n = len(line) + 1
+            if self.max_bytes and size and size + n > self.max_bytes:
+                self._put(chunk)
+                chunk = []
+                self.rotate()
+                size = 0
+            chunk.append(line)
+            size += n
+        self._put(chunk)
+
+    def _put(self, chunk: list[str]) -> None:
+        if not chunk:
+            return
         assert self._f is not None
-        if self.max_bytes and self._size and self._size + len(data) > self.max_bytes:
-            self.rotate()
-            assert self._f is not None
+        data = "\n".join(chunk) + "\n"
         self._f.write(data)
         self._f.flush()
         self._size += len(data)
@@ -351,21 +365,23 @@ class AuditLog:
                 return
 
     def _write(self, batch: list[dict[str, Any]]) -> None:
-        if self._unreported != [0, 0] and not self.failing:
-            with self._cond:
-                a, d = self._unreported
-                self._unreported = [0, 0]
-            batch.insert(0, {"time": rfc3339_now(), "event": "audit_records_lost",
-                             "allowed": a, "denied": d})
+        with self._cond:
+            a, d = self._unreported
+            self._unreported = [0, 0]
+        records = batch
+        if a or d:  # say in the log itself that records are missing before these
+            loss = {"time": rfc3339_now(), "event": "audit_records_lost", "allowed": a, "denied": d}
+            records = [loss, *batch]
         saved = ChainState(self.state.seq, self.state.last_hash)
         try:
-            lines = [seal(r, self.state, self.hasher) for r in batch]
-            self.sink.write("\n".join(lines) + "\n")
+            self.sink.write([seal(r, self.state, self.hasher) for r in records])
         except (OSError, ValueError) as exc:
             self.state = saved  # the chain continues from what is on disk
             self.write_errors += 1
             with self._cond:
                 self.failing = True
+                self._unreported[0] += a
+                self._unreported[1] += d
                 for allowed in (True, False):
                     n = sum(1 for r in batch if (r.get("allowed") is True) is allowed)
                     if n:
@@ -374,7 +390,7 @@ class AuditLog:
             if isinstance(self.sink, FileSink):
                 self.sink.fail()
             return
-        self.written += len(batch)
+        self.written += len(records)
         if self.failing:
             with self._cond:
                 self.failing = False
