@@ -163,7 +163,6 @@ def test_forged_record_with_recomputed_sha256_is_caught_with_hmac(tmp_path: Path
     r2 = json.loads(second)
     forged = seal({**r2, "allowed": True}, ChainState(1, json.loads(first)["hash"]), Hasher())
     p.write_text(first + "\n" + forged + "\n", "ascii")
-    assert verify([p], Hasher()).ok is False or "hmac" not in forged  # plain hash: a new chain
     assert main(["audit", "verify", "--hmac-key-file", str(key), str(p)]) == 1
 
 

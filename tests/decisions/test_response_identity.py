@@ -1,0 +1,110 @@
+"""Dynamic metadata and identity headers on the CheckResponse."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from decisions.support import POLICY, fake_token_identity
+
+from extauthz import check as check_mod
+from extauthz._pb.envoy.config.core.v3 import base_pb2
+from extauthz._pb.envoy.service.auth.v3 import external_auth_pb2 as ext
+from extauthz.check import CheckCore
+from extauthz.identity import Identity, Token
+from extauthz.policy import compile_policies, load_text
+from extauthz.response import IdentityHeaders
+from extauthz.samples import check_request
+from extauthz.settings import SettingsError, build_settings
+
+ENGINE = compile_policies(load_text(POLICY))
+OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+
+
+def answer(core: CheckCore, **kw: Any) -> ext.CheckResponse:
+    return ext.CheckResponse.FromString(core.answer(check_request(**kw).SerializeToString()))
+
+
+def test_allow_carries_dynamic_metadata() -> None:
+    resp = answer(CheckCore(lambda: ENGINE), request_id="rid-1", headers={"x-tenant": "acme"})
+    md = resp.dynamic_metadata.fields
+    assert resp.status.code == 0
+    assert md["decision_id"].string_value == "rid-1"
+    assert md["policy"].string_value == "shop/frontend-to-api"
+    assert md["peer"].string_value == "spiffe://example.org/ns/shop/sa/frontend"
+    assert md["peer_verified"].bool_value is False
+    assert md["allowed"].bool_value is True
+    assert "request_principal" not in md  # no token: no key at all
+
+
+def test_deny_carries_dynamic_metadata_too() -> None:
+    resp = answer(CheckCore(lambda: ENGINE), request_id="rid-2", path="/api/admin")
+    md = resp.dynamic_metadata.fields
+    assert resp.status.code == 7
+    assert md["decision_id"].string_value == "rid-2"
+    assert md["reason"].string_value == "denied_by_policy"
+    assert md["policy"].string_value == "istio-system/deny-admin"
+
+
+def test_token_identity_in_metadata_and_configured_headers(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(check_mod, "establish", fake_token_identity)
+    headers = IdentityHeaders.from_mapping(
+        {"x-spiffe-id": "peer", "x-user": "token_subject", "x-principal": "request_principal"}
+    )
+    core = CheckCore(lambda: ENGINE, identity_headers=headers)
+    resp = answer(
+        core,
+        path="/tokens/1",
+        headers={"authorization": "Bearer https://issuer.example|alice|9999999999"},
+    )
+    assert resp.status.code == 0
+    md = resp.dynamic_metadata.fields
+    assert md["token_issuer"].string_value == "https://issuer.example"
+    assert md["token_subject"].string_value == "alice"
+    set_ = {h.header.key: (h.header.value, h.append_action) for h in resp.ok_response.headers}
+    assert set_ == {
+        "x-spiffe-id": ("spiffe://example.org/ns/shop/sa/frontend", OVERWRITE),
+        "x-user": ("alice", OVERWRITE),
+        "x-principal": ("https://issuer.example/alice", OVERWRITE),
+    }
+    assert list(resp.ok_response.headers_to_remove) == []
+    # Never the token itself, anywhere in the answer.
+    assert b"Bearer" not in resp.SerializeToString()
+
+
+def test_unset_identity_headers_are_removed_so_client_copies_never_pass() -> None:
+    headers = IdentityHeaders.from_mapping({"x-spiffe-id": "peer", "x-user": "token_subject"})
+    core = CheckCore(lambda: ENGINE, identity_headers=headers)
+    resp = answer(core, headers={"x-tenant": "acme", "x-user": "admin", "x-spiffe-id": "forged"})
+    assert resp.status.code == 0
+    assert [h.header.key for h in resp.ok_response.headers] == ["x-spiffe-id"]
+    assert resp.ok_response.headers[0].header.value == "spiffe://example.org/ns/shop/sa/frontend"
+    assert list(resp.ok_response.headers_to_remove) == ["x-user"]
+
+
+def test_identity_header_values_with_control_characters_are_not_set() -> None:
+    headers = IdentityHeaders.from_mapping({"x-user": "token_subject", "x-iss": "token_issuer"})
+    ident = Identity(token=Token(issuer="https://i", subject="alice\r\nx-admin: 1"))
+    assert headers.values(ident) == (("x-iss", "https://i"),)
+    assert headers.names == ("x-user", "x-iss")  # x-user is then removed, never passed through
+
+
+@pytest.mark.parametrize(
+    "mapping",
+    [{"Host": "peer"}, {"x-a": "password"}, {"bad header": "peer"}, {":path": "peer"}],
+)
+def test_bad_identity_header_settings_are_refused(mapping: dict[str, str]) -> None:
+    with pytest.raises(ValueError):
+        IdentityHeaders.from_mapping(mapping)
+    with pytest.raises(SettingsError):
+        build_settings(None, {"identity_headers": mapping})
+
+
+def test_settings_defaults() -> None:
+    s = build_settings(None, {})
+    assert s.identity_headers == {"x-spiffe-id": "peer"}
+    assert s.anomaly_quarantine is False
+    assert s.audit_overflow == "drop-allowed"
+    assert s.cache_size > 0
+    with pytest.raises(SettingsError):
+        build_settings(None, {"audit_overflow": "maybe"})
