@@ -27,6 +27,7 @@ import logging
 import os
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -44,6 +45,7 @@ OVERFLOW_DROP_ALLOWED = "drop-allowed"
 OVERFLOW_DENY = "deny"
 OVERFLOW_MODES = (OVERFLOW_DROP_ALLOWED, OVERFLOW_DENY)
 _BATCH = 512
+_LINGER = 0.002  # seconds the writer waits for more records before writing a batch
 _TAIL_BYTES = 1 << 20  # how far back to look for the last record when continuing a file
 
 
@@ -57,14 +59,16 @@ def rfc3339(epoch: float) -> str:
 
 
 def _cap(value: Any) -> Any:
+    """A copy of ``value`` with every string capped (keys too) and only JSON types left."""
     if isinstance(value, str):
+        value = str(value)  # a plain str, whatever subclass came in
         return value if len(value) <= MAX_FIELD_CHARS else value[:MAX_FIELD_CHARS] + "…"
-    if isinstance(value, dict):
-        return {str(k)[:MAX_FIELD_CHARS]: _cap(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_cap(v) for v in value[:MAX_LIST_ITEMS]]
     if value is None or isinstance(value, bool | int | float):
         return value
+    if isinstance(value, dict):
+        return {_cap(str(k)): _cap(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_cap(v) for v in value[:MAX_LIST_ITEMS]]
     return _cap(str(value))
 
 
@@ -103,15 +107,33 @@ class ChainState:
     last_hash: str = GENESIS
 
 
+_CHAIN_KEYS = ("seq", "prev_hash", "hash")
+
+
+def _encode_body(record: dict[str, Any]) -> str:
+    """The record as compact ASCII JSON, capped; without the chain members."""
+    if not any(k in record for k in _CHAIN_KEYS):
+        try:
+            body = json.dumps(record, ensure_ascii=True, separators=(",", ":"))
+        except (TypeError, ValueError):
+            body = ""
+        # A line this short cannot hold an over-long value: skip the capping walk (the common case).
+        if body.startswith("{") and len(body) <= MAX_FIELD_CHARS:
+            return body
+    rec = _cap(record)
+    for k in _CHAIN_KEYS:
+        rec.pop(k, None)
+    return json.dumps(rec, ensure_ascii=True, separators=(",", ":"))
+
+
 def seal(record: dict[str, Any], state: ChainState, hasher: Hasher) -> str:
     """Encode ``record`` as the next line of the chain (no newline) and advance ``state``."""
-    rec = dict(record)
-    rec.pop("hash", None)
-    rec["seq"] = state.seq + 1
-    rec["prev_hash"] = state.last_hash
-    body = encode_record(rec)
+    body = _encode_body(record)
+    seq = state.seq + 1
+    chain = f'"seq":{seq},"prev_hash":"{state.last_hash}"}}'
+    body = body[:-1] + ("," if body != "{}" else "") + chain
     digest = hasher(body.encode("ascii"))
-    state.seq += 1
+    state.seq = seq
     state.last_hash = digest
     return body[:-1] + HASH_MEMBER + digest + '"}'
 
@@ -293,6 +315,7 @@ class AuditLog:
         self._q: deque[dict[str, Any]] = deque()
         self._cond = threading.Condition()
         self._closing = False
+        self._idle = False
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._thread.start()
 
@@ -334,7 +357,8 @@ class AuditLog:
                 self._count_loss(allowed, 1)
                 return False
             self._q.append(record)
-            self._cond.notify()
+            if self._idle:
+                self._cond.notify()
         return True
 
     def _count_loss(self, allowed: bool, n: int) -> None:
@@ -355,8 +379,13 @@ class AuditLog:
     def _run(self) -> None:
         while True:
             with self._cond:
+                self._idle = True
                 while not self._q and not self._closing:
                     self._cond.wait()
+                self._idle = False
+            if len(self._q) < _BATCH and not self._closing:
+                time.sleep(_LINGER)  # let a batch build up: far fewer wake-ups under load
+            with self._cond:
                 batch = [self._q.popleft() for _ in range(min(_BATCH, len(self._q)))]
                 done = self._closing and not self._q
             if batch:

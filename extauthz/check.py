@@ -107,8 +107,7 @@ def metadata(decision: Decision) -> response.Metadata:
     """``dynamic_metadata`` for Envoy's access logs: who was decided about, and how."""
     ident = decision.identity
     token = ident.token
-    return {
-        "decision_id": decision.decision_id,
+    return {  # the decision id is added per request (response.Prepared.finish)
         "allowed": decision.allowed,
         "reason": decision.reason,
         "policy": decision.policy,
@@ -120,12 +119,22 @@ def metadata(decision: Decision) -> response.Metadata:
     }
 
 
-def render(decision: Decision, managed: tuple[str, ...] = response.IDENTITY_HEADERS) -> bytes:
+def prepare(decision: Decision, managed: tuple[str, ...]) -> response.Prepared:
+    """The response a decision determines, encoded but for the decision id (cached with it)."""
     if decision.allowed:
-        return response.allow(decision.headers, managed=managed, metadata=metadata(decision))
-    return response.deny(
-        decision.status, decision.decision_id, decision.reason, metadata=metadata(decision)
-    )
+        return response.prepare_allow(
+            decision.headers, managed=managed, metadata=metadata(decision)
+        )
+    return response.prepare_deny(decision.status, decision.reason, metadata=metadata(decision))
+
+
+def render(
+    decision: Decision,
+    managed: tuple[str, ...] = response.IDENTITY_HEADERS,
+    prepared: response.Prepared | None = None,
+) -> bytes:
+    """CheckResponse bytes for ``decision`` (from ``prepared`` when the cache had it)."""
+    return (prepared or prepare(decision, managed)).finish(decision.decision_id)
 
 
 def audit_record(decision: Decision, req: RequestView | None, latency_us: int) -> dict[str, Any]:
@@ -237,32 +246,35 @@ class CheckCore:
                 m.bad_requests.labels("malformed").inc()
         return body
 
-    def _decide(self, engine: Engine | None, req: RequestView) -> Decision:
-        """Quarantine, then the cache, then ``decide``."""
+    def _decide(
+        self, engine: Engine | None, req: RequestView
+    ) -> tuple[Decision, response.Prepared | None]:
+        """Quarantine, then the cache, then ``decide``: the decision and, when it came from or
+        went to the cache, its prepared response."""
         q = self.quarantine
         if q is not None:
             quarantined, event = q.check(caller_of(req))
             if event is not None:
                 self._event(quarantine_record(event))
             if quarantined:
-                return Decision(
-                    False, 403, REASON_QUARANTINED, req.request_id or new_decision_id()
-                )
+                rid = req.request_id or new_decision_id()
+                return Decision(False, 403, REASON_QUARANTINED, rid), None
         cache = self.cache
         if cache is None or engine is None or req.problem is not None:
-            return self._with_headers(decide(engine, req))
+            return self._with_headers(decide(engine, req)), None
         key = cache.key(engine, req)
-        cached: Decision | None = cache.get(key)
+        cached: tuple[Decision, response.Prepared] | None = cache.get(key)
         if cached is not None:
-            return dataclasses.replace(
-                cached, decision_id=req.request_id or new_decision_id(), cache="hit"
-            )
+            rid = req.request_id or new_decision_id()
+            return dataclasses.replace(cached[0], decision_id=rid, cache="hit"), cached[1]
         decision = self._with_headers(decide(engine, req))
-        if decision.reason in CACHEABLE_REASONS and decision.error is None:
-            ident = decision.identity
-            token_exp = ident.token.expires_at if ident.token is not None else None
-            cache.put(key, decision, token_exp, ident.peer_not_after)
-        return decision
+        if decision.reason not in CACHEABLE_REASONS or decision.error is not None:
+            return decision, None
+        prepared = prepare(decision, self._managed)
+        ident = decision.identity
+        token_exp = ident.token.expires_at if ident.token is not None else None
+        cache.put(key, (decision, prepared), token_exp, ident.peer_not_after)
+        return decision, prepared
 
     def _with_headers(self, decision: Decision) -> Decision:
         if decision.allowed:
@@ -285,6 +297,7 @@ class CheckCore:
     ) -> tuple[bytes, dict[str, Any], Decision, RequestView | None]:
         start = time.perf_counter_ns()
         req: RequestView | None = None
+        prepared: response.Prepared | None = None  # the cached response, but its decision id
         engine = self._current_engine()  # read once: the whole check sees one policy set
         try:
             try:
@@ -294,8 +307,8 @@ class CheckCore:
                     False, 403, REASON_MALFORMED, new_decision_id(), error=f"undecodable: {exc}"
                 )
             else:
-                decision = self._decide(engine, req)
-            body = render(decision, self._managed)
+                decision, prepared = self._decide(engine, req)
+            body = render(decision, self._managed, prepared)
         except Exception:  # fail closed, whatever happened
             log.exception("internal error while checking a request")
             decision = Decision(

@@ -119,6 +119,104 @@ def allow(
     return resp.SerializeToString()
 
 
+# A cached decision keeps its response prepared: every field encoded except the per-request
+# decision id (in dynamic_metadata, and in a deny's header and body). ``Prepared.finish`` adds the
+# id inside the same two length-delimited fields (repeated entries appended to the encoded
+# content, so each field still occurs once: no parser has to merge messages). Rendering a whole
+# response from a cached decision took 8-13 us of a ~40 us cache hit; finishing a prepared one
+# takes 1-2 us (bench/cache.py).
+_FIELD = ext.CheckResponse.DESCRIPTOR.fields_by_name
+_DENIED_FIELD = _FIELD["denied_response"].number
+_METADATA_FIELD = _FIELD["dynamic_metadata"].number
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _frame(field_number: int, content: bytes) -> bytes:
+    """One length-delimited field (wire type 2)."""
+    return _varint(field_number << 3 | 2) + _varint(len(content)) + content
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A CheckResponse encoded but for its decision id."""
+
+    head: bytes  # complete fields: status, and ok_response for an allow
+    metadata: bytes  # dynamic_metadata content, without decision_id
+    denied: bytes | None = None  # denied_response content without the id header and body
+    http_status: int = 0
+    reason: str = ""
+
+    def finish(self, decision_id: str) -> bytes:
+        out = [self.head]
+        if self.denied is not None:
+            extra = ext.DeniedHttpResponse(
+                headers=[_header("x-extauthz-decision-id", decision_id)],
+                body=json.dumps(
+                    {"decision_id": decision_id, "status": self.http_status, "reason": self.reason},
+                    ensure_ascii=True,
+                    separators=(",", ":"),
+                ),
+            )
+            out.append(_frame(_DENIED_FIELD, self.denied + extra.SerializeToString()))
+        md = struct_pb2.Struct()
+        md.fields["decision_id"].string_value = decision_id
+        out.append(_frame(_METADATA_FIELD, self.metadata + md.SerializeToString()))
+        return b"".join(out)
+
+
+def _metadata_content(metadata: Metadata | None) -> bytes:
+    md = struct_pb2.Struct()
+    if metadata:
+        _set_metadata(md, {k: v for k, v in metadata.items() if k != "decision_id"})
+    return md.SerializeToString()
+
+
+def prepare_allow(
+    identity_headers: Sequence[tuple[str, str]],
+    *,
+    managed: Sequence[str] = IDENTITY_HEADERS,
+    metadata: Metadata | None = None,
+) -> Prepared:
+    return Prepared(
+        head=allow(identity_headers, managed=managed), metadata=_metadata_content(metadata)
+    )
+
+
+def prepare_deny(
+    http_status: int,
+    reason: str,
+    extra_headers: Sequence[tuple[str, str]] = (),
+    *,
+    metadata: Metadata | None = None,
+) -> Prepared:
+    head = ext.CheckResponse()
+    head.status.code = _GRPC_CODE_FOR_HTTP.get(http_status, PERMISSION_DENIED)
+    head.status.message = reason
+    denied = ext.DeniedHttpResponse()
+    denied.status.code = http_status  # type: ignore[assignment]
+    denied.headers.append(_header("content-type", "application/json"))
+    for key, value in extra_headers:
+        denied.headers.append(_header(key, value))
+    return Prepared(
+        head=head.SerializeToString(),
+        metadata=_metadata_content(metadata),
+        denied=denied.SerializeToString(),
+        http_status=http_status,
+        reason=reason,
+    )
+
+
 def deny(
     http_status: int,
     decision_id: str,
@@ -132,23 +230,7 @@ def deny(
     The body names the decision (so a user can find the audit record) and a coarse reason; it
     never carries internals.
     """
-    resp = ext.CheckResponse()
-    resp.status.code = _GRPC_CODE_FOR_HTTP.get(http_status, PERMISSION_DENIED)
-    resp.status.message = reason
-    denied = resp.denied_response
-    denied.status.code = http_status  # type: ignore[assignment]
-    denied.headers.append(_header("content-type", "application/json"))
-    denied.headers.append(_header("x-extauthz-decision-id", decision_id))
-    for key, value in extra_headers:
-        denied.headers.append(_header(key, value))
-    denied.body = json.dumps(
-        {"decision_id": decision_id, "status": http_status, "reason": reason},
-        ensure_ascii=True,
-        separators=(",", ":"),
-    )
-    if metadata:
-        _set_metadata(resp.dynamic_metadata, metadata)
-    return resp.SerializeToString()
+    return prepare_deny(http_status, reason, extra_headers, metadata=metadata).finish(decision_id)
 
 
 # A last-resort answer that needs no work at all: used when even building a response failed.

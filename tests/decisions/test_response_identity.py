@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 from decisions.support import POLICY, fake_token_identity
 
 from extauthz import check as check_mod
+from extauthz import response
 from extauthz._pb.envoy.config.core.v3 import base_pb2
 from extauthz._pb.envoy.service.auth.v3 import external_auth_pb2 as ext
 from extauthz.check import CheckCore
@@ -108,3 +110,82 @@ def test_settings_defaults() -> None:
     assert s.cache_size > 0
     with pytest.raises(SettingsError):
         build_settings(None, {"audit_overflow": "maybe"})
+
+
+def _bp_check_response(data: bytes) -> Any:
+    import envoy_data_plane.envoy.service.auth.v3 as bp_auth
+
+    return bp_auth.CheckResponse.parse(data)
+
+
+def test_spliced_deny_parses_as_one_message_in_both_parsers() -> None:
+    body = response.deny(403, "rid-7", "denied_by_policy", metadata={"policy": "ns/p"})
+    ours = ext.CheckResponse.FromString(body)
+    assert ours.status.code == 7 and ours.status.message == "denied_by_policy"
+    d = ours.denied_response
+    assert d.status.code == 403
+    assert [(h.header.key, h.header.value) for h in d.headers] == [
+        ("content-type", "application/json"),
+        ("x-extauthz-decision-id", "rid-7"),
+    ]
+    assert json.loads(d.body) == {"decision_id": "rid-7", "status": 403, "reason": "denied_by_policy"}
+    assert dict(ours.dynamic_metadata.fields.items()).keys() == {"policy", "decision_id"}
+    # The independent betterproto2 parser merges the two parts the same way.
+    theirs = _bp_check_response(body)
+    assert theirs.status.code == 7
+    assert theirs.denied_response.status.code.value == 403 or theirs.denied_response.status.code == 403
+    assert [h.header.key for h in theirs.denied_response.headers] == [
+        "content-type",
+        "x-extauthz-decision-id",
+    ]
+    assert json.loads(theirs.denied_response.body)["decision_id"] == "rid-7"
+    assert theirs.dynamic_metadata.to_dict() == {"policy": "ns/p", "decision_id": "rid-7"}
+
+
+def test_spliced_allow_parses_as_one_message_in_both_parsers() -> None:
+    core = CheckCore(lambda: ENGINE)
+    body = core.answer(check_request(request_id="rid-8", headers={"x-tenant": "acme"}).SerializeToString())
+    theirs = _bp_check_response(body)
+    assert theirs.status.code == 0 and theirs.ok_response is not None
+    assert [h.header.key for h in theirs.ok_response.headers] == ["x-spiffe-id"]
+    md = theirs.dynamic_metadata.to_dict()
+    assert md["decision_id"] == "rid-8" and md["policy"] == "shop/frontend-to-api"
+
+
+@pytest.mark.parametrize("rid", ["r", "x" * 300])  # multi-byte varint lengths too
+def test_prepared_responses_equal_a_one_piece_build(rid: str) -> None:
+    md = {"policy": "ns/" + "p" * 200, "allowed": False, "peer": None, "n": 3}
+    # deny, built the plain way
+    want = ext.CheckResponse()
+    want.status.code = 7
+    want.status.message = "denied_by_policy"
+    want.denied_response.status.code = 403  # type: ignore[assignment]
+    for k, v in (("content-type", "application/json"), ("x-extauthz-decision-id", rid)):
+        want.denied_response.headers.append(
+            base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=k, value=v), append_action=OVERWRITE)
+        )
+    want.denied_response.body = json.dumps(
+        {"decision_id": rid, "status": 403, "reason": "denied_by_policy"}, separators=(",", ":")
+    )
+    want.dynamic_metadata.fields["policy"].string_value = md["policy"]  # type: ignore[assignment]
+    want.dynamic_metadata.fields["allowed"].bool_value = False
+    want.dynamic_metadata.fields["n"].number_value = 3
+    want.dynamic_metadata.fields["decision_id"].string_value = rid
+    got = response.prepare_deny(403, "denied_by_policy", metadata=md).finish(rid)
+    assert ext.CheckResponse.FromString(got) == want
+    assert _bp_check_response(got).to_dict() == _bp_check_response(want.SerializeToString()).to_dict()
+    # allow
+    want = ext.CheckResponse()
+    want.status.code = 0
+    want.ok_response.headers.append(
+        base_pb2.HeaderValueOption(
+            header=base_pb2.HeaderValue(key="x-spiffe-id", value="spiffe://a/b"), append_action=OVERWRITE
+        )
+    )
+    want.ok_response.headers_to_remove.append("x-user")
+    want.dynamic_metadata.fields["decision_id"].string_value = rid
+    got = response.prepare_allow([("x-spiffe-id", "spiffe://a/b")], managed=("x-spiffe-id", "x-user")).finish(
+        rid
+    )
+    assert ext.CheckResponse.FromString(got) == want
+    assert _bp_check_response(got).to_dict() == _bp_check_response(want.SerializeToString()).to_dict()
