@@ -425,6 +425,15 @@ class AuditLog:
                 self.failing = False
             log.warning("audit writing works again")
 
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until everything queued so far is written (or lost); False on timeout."""
+        deadline = time.monotonic() + timeout
+        while self._q or not self._idle:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                return False
+            time.sleep(0.001)
+        return True
+
     def close(self, timeout: float = 10.0) -> None:
         """Write everything queued, then stop the writer."""
         with self._cond:
