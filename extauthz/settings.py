@@ -64,6 +64,13 @@ class Settings:
             raise SettingsError("audit_max_bytes >= 0, audit_backups >= 1, audit_queue >= 1")
         if self.audit_overflow not in ("drop-allowed", "deny"):
             raise SettingsError("audit_overflow must be drop-allowed or deny")
+        if self.audit_hmac_key_file:
+            from extauthz.audit import Hasher
+
+            try:
+                Hasher.from_key_file(self.audit_hmac_key_file)
+            except (OSError, ValueError) as exc:
+                raise SettingsError(f"audit_hmac_key_file: {exc}") from exc
         if not isinstance(self.identity_headers, dict):
             raise SettingsError("identity_headers must map header names to identity fields")
         from extauthz.response import IdentityHeaders

@@ -318,3 +318,38 @@ def test_disk_failure_is_counted_fails_closed_and_is_reported_in_the_log() -> No
     lost = [r for r in recs if r.get("event") == "audit_records_lost"]
     assert lost and lost[0]["allowed"] >= 1
     assert any(r.get("reason") == "audit_unavailable" for r in recs)
+
+
+def test_concurrent_checks_keep_one_intact_chain(tmp_path: Path) -> None:
+    from extauthz.cache import DecisionCache
+
+    p = tmp_path / "audit.log"
+    log = AuditLog(FileSink(p, max_bytes=20000, backups=100))
+    core = CheckCore(lambda: ENGINE, cache=DecisionCache(), audit=log)
+
+    def work(t: int) -> None:
+        for i in range(150):
+            kw = MIXED[(i + t) % len(MIXED)]
+            core.answer(check_request(request_id=f"t{t}-{i}", **kw).SerializeToString())
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    log.close()
+    files = [*sorted(tmp_path.glob("audit.log.*"), key=lambda f: -int(f.suffix[1:])), p]
+    result = verify(files)
+    assert result.ok and result.records == 600 and log.lost == 0
+    ids = {json.loads(x)["decision_id"] for f in files for x in lines(f)}
+    assert len(ids) == 600
+
+
+def test_short_or_missing_hmac_key_is_a_settings_error(tmp_path: Path) -> None:
+    from extauthz.settings import SettingsError, build_settings
+
+    short = tmp_path / "k"
+    short.write_bytes(b"short")
+    for path in (short, tmp_path / "missing"):
+        with pytest.raises(SettingsError):
+            build_settings(None, {"audit_hmac_key_file": str(path)})
