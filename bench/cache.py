@@ -115,10 +115,10 @@ def make_token_identity(public_key: Any) -> Callable[[RequestView], Identity]:
     return identity
 
 
-def traffic(tokens: list[str], *, with_token: bool) -> list[bytes]:
+def traffic(tokens: list[str], *, with_token: bool, distinct: int = 16) -> list[bytes]:
     out = []
     for i in range(256):
-        combo = i % 16
+        combo = i % distinct
         headers = {"user-agent": "bench/1.0", "x-b3-traceid": f"{i:032x}", "x-tenant": "acme"}
         if with_token:
             headers["authorization"] = "Bearer " + tokens[combo % len(tokens)]
@@ -163,6 +163,19 @@ def render_costs(core: CheckCore, data: bytes, iterations: int = 20000) -> dict[
     return {"render_us": round(full, 2), "splice_us": round(spliced, 2)}
 
 
+def key_cost(engine: Any, data: bytes, iterations: int = 20000) -> float:
+    """µs to build one cache key (the source address is in it, always: one tuple element)."""
+    from extauthz.request import from_check_request
+
+    cache = DecisionCache()
+    req = from_check_request(ext.CheckRequest.FromString(data))
+    cache.key(engine, req)
+    t0 = time.perf_counter()
+    for _ in range(iterations):
+        cache.key(engine, req)
+    return round((time.perf_counter() - t0) / iterations * 1e6, 2)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--seconds", type=float, default=0.5, help="per case per round")
@@ -188,11 +201,17 @@ def main() -> int:
     audit = AuditLog(FileSink(tmp / "audit.log"), capacity=1 << 20)
     token_reqs = traffic(tokens, with_token=True)
     mtls_reqs = traffic(tokens, with_token=False)
+    # 256 distinct requests through a 128-entry cache, in order: every lookup misses.
+    miss_reqs = traffic(tokens, with_token=False, distinct=256)
     cores: dict[str, tuple[CheckCore, list[bytes]]] = {
         "token, cache off": (CheckCore(lambda: engine), token_reqs),
         "token, cache on": (CheckCore(lambda: engine, cache=DecisionCache()), token_reqs),
         "mTLS, cache off": (CheckCore(lambda: engine), mtls_reqs),
         "mTLS, cache on": (CheckCore(lambda: engine, cache=DecisionCache()), mtls_reqs),
+        "mTLS, cache on, all misses": (
+            CheckCore(lambda: engine, cache=DecisionCache(128)),
+            miss_reqs,
+        ),
         "mTLS, cache off, audit on": (CheckCore(lambda: engine, audit=audit), mtls_reqs),
         "mTLS, cache on, audit on": (
             CheckCore(lambda: engine, cache=DecisionCache(), audit=audit),
@@ -218,6 +237,7 @@ def main() -> int:
         "ratios": {
             "token: cache on / off": ratio("token, cache on", "token, cache off"),
             "mTLS: cache on / off": ratio("mTLS, cache on", "mTLS, cache off"),
+            "mTLS: all misses / cache off": ratio("mTLS, cache on, all misses", "mTLS, cache off"),
             "audit on / off (cache off)": ratio("mTLS, cache off, audit on", "mTLS, cache off"),
             "audit on / off (cache on)": ratio("mTLS, cache on, audit on", "mTLS, cache on"),
         },
@@ -228,6 +248,10 @@ def main() -> int:
         "rounds": args.rounds,
         "token_validation": "stand-in: PyJWT RS256 verify (2048-bit key) per uncached check",
     }
+    miss_core = cores["mTLS, cache on, all misses"][0]
+    # (only the warm-up requests can hit: the loop revisits a request only after 255 others)
+    assert miss_core.cache is not None and miss_core.cache.hits <= 32, "the miss case must miss"
+    results["key_us"] = key_cost(engine, miss_reqs[0])
     hit_us = 1e6 / results["checks_per_second"]["token, cache on"]
     results["response_bytes_on_hit"]["hit_check_us"] = round(hit_us, 2)
 
@@ -238,8 +262,9 @@ def main() -> int:
     for k, v in results["ratios"].items():
         print(f"{k:32} {v:>10}x")
     rb = results["response_bytes_on_hit"]
+    print(f"\nbuilding one cache key: {results['key_us']} us")
     print(
-        f"\non a hit ({rb['hit_check_us']} us/check): rendering the response takes "
+        f"on a hit ({rb['hit_check_us']} us/check): rendering the response takes "
         f"{rb['render_us']} us; cached bytes + the per-request decision id take "
         f"{rb['splice_us']} us"
     )
