@@ -353,3 +353,10 @@ def test_short_or_missing_hmac_key_is_a_settings_error(tmp_path: Path) -> None:
     for path in (short, tmp_path / "missing"):
         with pytest.raises(SettingsError):
             build_settings(None, {"audit_hmac_key_file": str(path)})
+
+
+def test_records_after_close_are_counted_not_silently_dropped() -> None:
+    log = AuditLog(StreamSink(io.StringIO()))
+    log.close()
+    assert log.emit({"allowed": False}) is False
+    assert log.lost_denied == 1
