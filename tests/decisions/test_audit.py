@@ -360,3 +360,21 @@ def test_records_after_close_are_counted_not_silently_dropped() -> None:
     log.close()
     assert log.emit({"allowed": False}) is False
     assert log.lost_denied == 1
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda ls: [*ls[:3], b"\n", *ls[3:]],  # a blank line inserted
+        lambda ls: [*ls[:4], ls[3], *ls[4:]],  # a record replayed
+        lambda ls: [*ls[:-1], ls[-1][:-1]],  # the last line cut short
+        lambda ls: [*ls, b'{"allowed":true}\n'],  # an unsealed record appended
+        lambda ls: [*ls[:2], ls[2].replace(b"\n", b"\r\n"), *ls[3:]],  # CRLF
+        lambda ls: [x.replace(b'"cache":"miss"', b'"cache":"hit"') for x in ls],  # edit everywhere
+    ],
+    ids=["blank-line", "replay", "truncated", "appended", "crlf", "mass-edit"],
+)
+def test_more_tampering_is_caught(chain: Path, tamper: Any) -> None:
+    ls = chain.read_bytes().splitlines(keepends=True)
+    chain.write_bytes(b"".join(tamper(ls)))
+    assert not verify([chain]).ok
