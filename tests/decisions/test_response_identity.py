@@ -189,3 +189,30 @@ def test_prepared_responses_equal_a_one_piece_build(rid: str) -> None:
     )
     assert ext.CheckResponse.FromString(got) == want
     assert _bp_check_response(got).to_dict() == _bp_check_response(want.SerializeToString()).to_dict()
+
+
+@pytest.mark.parametrize("rid", ["", "a", "é-ü", "x" * 127, "y" * 128, "z" * 20000])
+def test_hand_encoded_decision_id_entry_equals_protobufs(rid: str) -> None:
+    from google.protobuf import struct_pb2
+
+    want = struct_pb2.Struct()
+    want.fields["decision_id"].string_value = rid
+    assert response._decision_id_entry(rid) == want.SerializeToString()
+    assert struct_pb2.Struct.FromString(response._decision_id_entry(rid)) == want
+
+
+@pytest.mark.parametrize(
+    "md",
+    [
+        {},
+        {"a": "x", "b": True, "c": False, "d": 0, "e": -3, "f": 2**40},
+        {"policy": "ns/" + "p" * 300, "é": "ü", "peer": None},
+    ],
+)
+def test_hand_encoded_metadata_equals_protobufs(md: dict[str, Any]) -> None:
+    from google.protobuf import struct_pb2
+
+    want = struct_pb2.Struct()
+    response._set_metadata(want, md)
+    got = struct_pb2.Struct.FromString(response._metadata_content(md))
+    assert got == want
