@@ -192,7 +192,7 @@ def test_prepared_responses_equal_a_one_piece_build(rid: str) -> None:
 
 
 @pytest.mark.parametrize("rid", ["", "a", "é-ü", "x" * 127, "y" * 128, "z" * 20000])
-def test_hand_encoded_decision_id_entry_equals_protobufs(rid: str) -> None:
+def test_decision_id_entry_is_a_struct_entry(rid: str) -> None:
     from google.protobuf import struct_pb2
 
     want = struct_pb2.Struct()
@@ -209,10 +209,11 @@ def test_hand_encoded_decision_id_entry_equals_protobufs(rid: str) -> None:
         {"policy": "ns/" + "p" * 300, "é": "ü", "peer": None},
     ],
 )
-def test_hand_encoded_metadata_equals_protobufs(md: dict[str, Any]) -> None:
+def test_metadata_content_leaves_out_none_and_the_decision_id(md: dict[str, Any]) -> None:
     from google.protobuf import struct_pb2
 
     want = struct_pb2.Struct()
     response._set_metadata(want, md)
-    got = struct_pb2.Struct.FromString(response._metadata_content(md))
+    got = struct_pb2.Struct.FromString(response._metadata_content({**md, "decision_id": "x"}))
     assert got == want
+    assert "decision_id" not in got.fields and "peer" not in got.fields
