@@ -128,55 +128,64 @@ class _LiveCollector(Collector):
             (bundles if kind == "bundle" else certs).add_metric([name], not_after - now)
         yield bundles
         yield certs
-        if self.audit is not None:
-            a = self.audit
-            yield GaugeMetricFamily(
-                "extauthz_audit_queue_depth", "Audit records waiting to be written.", a.depth
-            )
-            yield CounterMetricFamily(
-                "extauthz_audit_records_written", "Audit records written.", a.written
-            )
-            lost = CounterMetricFamily(
-                "extauthz_audit_records_lost",
-                "Audit records that could not be written, by the decision they record.",
-                labels=["decision"],
-            )
-            lost.add_metric(["allow"], a.lost_allowed)
-            lost.add_metric(["deny"], a.lost_denied)
-            yield lost
-            yield CounterMetricFamily(
-                "extauthz_audit_write_errors", "Failed writes to the audit log.", a.write_errors
-            )
-            yield GaugeMetricFamily(
-                "extauthz_audit_failing", "1 while audit writes fail.", 1 if a.failing else 0
-            )
-        if self.cache is not None:
-            c = self.cache
-            yield CounterMetricFamily(
-                "extauthz_decision_cache_hits", "Checks answered from the decision cache.", c.hits
-            )
-            yield CounterMetricFamily(
-                "extauthz_decision_cache_misses",
-                "Cacheable checks not found in the decision cache.",
-                c.misses,
-            )
-            yield GaugeMetricFamily(
-                "extauthz_decision_cache_entries", "Decisions in the cache.", len(c)
-            )
-            yield GaugeMetricFamily(
-                "extauthz_decision_cache_capacity", "Most decisions the cache holds.", c.maxsize
-            )
-        if self.quarantine is not None:
-            yield CounterMetricFamily(
-                "extauthz_quarantines",
-                "Callers put in quarantine for too many denials.",
-                self.quarantine.quarantines,
-            )
-            yield GaugeMetricFamily(
-                "extauthz_quarantined_callers",
-                "Callers in quarantine now.",
-                self.quarantine.active,
-            )
+        # Always exported (zero when the part is off), so that alerts never see an absent series.
+        a, c, q = self.audit, self.cache, self.quarantine
+        yield GaugeMetricFamily(
+            "extauthz_audit_queue_depth",
+            "Audit records waiting to be written.",
+            a.depth if a is not None else 0,
+        )
+        yield CounterMetricFamily(
+            "extauthz_audit_records_written",
+            "Audit records written.",
+            a.written if a is not None else 0,
+        )
+        lost = CounterMetricFamily(
+            "extauthz_audit_records_lost",
+            "Audit records that could not be written, by the decision they record.",
+            labels=["decision"],
+        )
+        lost.add_metric(["allow"], a.lost_allowed if a is not None else 0)
+        lost.add_metric(["deny"], a.lost_denied if a is not None else 0)
+        yield lost
+        yield CounterMetricFamily(
+            "extauthz_audit_write_errors",
+            "Failed writes to the audit log.",
+            a.write_errors if a is not None else 0,
+        )
+        yield GaugeMetricFamily(
+            "extauthz_audit_failing",
+            "1 while audit writes fail.",
+            1 if a is not None and a.failing else 0,
+        )
+        yield CounterMetricFamily(
+            "extauthz_decision_cache_hits",
+            "Checks answered from the decision cache.",
+            c.hits if c is not None else 0,
+        )
+        yield CounterMetricFamily(
+            "extauthz_decision_cache_misses",
+            "Cacheable checks not found in the decision cache.",
+            c.misses if c is not None else 0,
+        )
+        yield GaugeMetricFamily(
+            "extauthz_decision_cache_entries", "Decisions in the cache.", len(c) if c is not None else 0
+        )
+        yield GaugeMetricFamily(
+            "extauthz_decision_cache_capacity",
+            "Most decisions the cache holds (0: the cache is off).",
+            c.maxsize if c is not None else 0,
+        )
+        yield CounterMetricFamily(
+            "extauthz_quarantines",
+            "Callers put in quarantine for too many denials.",
+            q.quarantines if q is not None else 0,
+        )
+        yield GaugeMetricFamily(
+            "extauthz_quarantined_callers",
+            "Callers in quarantine now.",
+            q.active if q is not None else 0,
+        )
 
 
 _active: Metrics | None = None
