@@ -49,9 +49,21 @@ _LINGER = 0.002  # seconds the writer waits for more records before writing a ba
 _TAIL_BYTES = 1 << 20  # how far back to look for the last record when continuing a file
 
 
+_second: tuple[int, str] = (-1, "")  # the last whole second formatted (one tuple: swapped whole)
+
+
 def rfc3339_now() -> str:
-    """The current UTC time, RFC 3339 with microseconds (``2026-11-23T11:18:03.123456Z``)."""
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """The current UTC time, RFC 3339 with microseconds (``2026-11-23T11:18:03.123456Z``).
+
+    On every check: the date and time are formatted once a second, the microseconds each call.
+    """
+    global _second
+    us = time.time_ns() // 1000
+    sec, frac = divmod(us, 1_000_000)
+    cached = _second
+    if cached[0] != sec:
+        cached = _second = (sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)))
+    return f"{cached[1]}.{frac:06d}Z"
 
 
 def rfc3339(epoch: float) -> str:
@@ -74,7 +86,7 @@ def _cap(value: Any) -> Any:
 
 def encode_record(record: dict[str, Any]) -> str:
     """One line of JSON: ASCII only, so no input byte can split or forge a line."""
-    return json.dumps(_cap(record), ensure_ascii=True, separators=(",", ":"), sort_keys=False)
+    return json.dumps(_cap(record), ensure_ascii=True, separators=(",", ":"))
 
 
 # ----------------------------------------------------------------------------- the chain
@@ -110,11 +122,15 @@ class ChainState:
 _CHAIN_KEYS = ("seq", "prev_hash", "hash")
 
 
+# Built once: json.dumps() with arguments builds a new encoder on every call.
+_ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"))
+
+
 def _encode_body(record: dict[str, Any]) -> str:
     """The record as compact ASCII JSON, capped; without the chain members."""
-    if not any(k in record for k in _CHAIN_KEYS):
+    if "seq" not in record and "prev_hash" not in record and "hash" not in record:
         try:
-            body = json.dumps(record, ensure_ascii=True, separators=(",", ":"))
+            body = _ENCODER.encode(record)
         except (TypeError, ValueError):
             body = ""
         # A line this short cannot hold an over-long value: skip the capping walk (the common case).
@@ -123,7 +139,7 @@ def _encode_body(record: dict[str, Any]) -> str:
     rec = _cap(record)
     for k in _CHAIN_KEYS:
         rec.pop(k, None)
-    return json.dumps(rec, ensure_ascii=True, separators=(",", ":"))
+    return _ENCODER.encode(rec)
 
 
 def seal(record: dict[str, Any], state: ChainState, hasher: Hasher) -> str:

@@ -378,3 +378,15 @@ def test_more_tampering_is_caught(chain: Path, tamper: Any) -> None:
     ls = chain.read_bytes().splitlines(keepends=True)
     chain.write_bytes(b"".join(tamper(ls)))
     assert not verify([chain]).ok
+
+
+def test_rfc3339_now_matches_datetime(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time as time_mod
+    from datetime import UTC, datetime
+
+    from extauthz import audit as audit_mod
+
+    for ns in (1_800_000_000_123_456_789, 1_800_000_000_000_000_000, 1_800_000_001_999_999_000):
+        monkeypatch.setattr(time_mod, "time_ns", lambda ns=ns: ns)
+        want = datetime.fromtimestamp(ns // 1000 / 1e6, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        assert audit_mod.rfc3339_now() == want
