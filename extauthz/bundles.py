@@ -23,6 +23,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.x509.verification import Store
 
+from extauthz import cache, metrics
 from extauthz.identity import SpiffeIdError, parse_spiffe_id
 from extauthz.jwks import Key, KeySet, next_version, parse_key
 
@@ -227,6 +228,13 @@ class BundleStore:
         merged = {**self._from_api, **self._from_files}
         self._generation += 1
         self.current = BundleSet(MappingProxyType(merged), self._generation)
+        # Cached decisions were made with the previous bundles: none may be reused.
+        cache.bundles.bump()
+        for td, bundle in merged.items():
+            not_after = min(
+                (c.not_valid_after_utc.timestamp() for c in bundle.x509_authorities), default=None
+            )
+            metrics.bundle_expiry(td, not_after)
         for listener in self.listeners:
             try:
                 listener(self.current)

@@ -2,10 +2,16 @@
 
 Transport-independent (grpcio today, any HTTP/2 server tomorrow) and fail-closed: every failure
 in here ends as a deny CheckResponse, never as an exception.
+
+One check, top to bottom (``CheckCore.answer``): parse -> quarantine? -> cache hit, or
+``decide`` (identity, policy) and maybe store -> identity headers -> response bytes -> audit
+(fail closed when the audit log cannot take the record and ``audit_overflow`` is ``deny``) ->
+metrics -> deny-rate accounting.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import uuid
@@ -17,14 +23,17 @@ from google.protobuf.message import DecodeError
 
 from extauthz import response
 from extauthz._pb.envoy.service.auth.v3 import external_auth_pb2 as ext
-from extauthz.audit import rfc3339_now
+from extauthz.anomaly import Quarantine, QuarantineEvent, caller_of
+from extauthz.audit import OVERFLOW_DENY, AuditLog, rfc3339, rfc3339_now
 from extauthz.authn import (
     MISSING_TOKEN_CHALLENGE,
     REASON_AUTHN_REQUIRED,
     IdentityContext,
     IdentityResolver,
 )
+from extauthz.cache import CACHEABLE_REASONS, DecisionCache
 from extauthz.identity import Identity
+from extauthz.metrics import Metrics
 from extauthz.policy.engine import REASON_NO_MATCH, Engine
 from extauthz.request import RequestView, from_check_request
 
@@ -37,6 +46,12 @@ REASON_MALFORMED = "malformed_check_request"
 REASON_INVALID_PEER = "invalid_peer_identity"
 REASON_NO_POLICY = "no_policy_loaded"
 REASON_INTERNAL = "internal_error"
+REASON_QUARANTINED = "quarantined"  # too many denials lately (see anomaly.py)
+REASON_AUDIT_UNAVAILABLE = "audit_unavailable"  # audit_overflow: deny, and the log is behind
+# Denials that say nothing about the caller: they never count towards a quarantine.
+_NOT_THE_CALLERS_FAULT = frozenset(
+    {REASON_QUARANTINED, REASON_AUDIT_UNAVAILABLE, REASON_INTERNAL, REASON_NO_POLICY}
+)
 
 
 @dataclass(slots=True)
@@ -51,7 +66,7 @@ class Decision:
     error: str | None = None  # for the audit record: what was wrong with the input
     audit_policies: tuple[str, ...] = ()
     dry_run: tuple[tuple[str, str], ...] = ()
-    headers: tuple[tuple[str, str], ...] = ()  # identity headers set on allow
+    headers: tuple[tuple[str, str], ...] = ()  # identity and token-output headers set on allow
     cache: str = "miss"
     remove_headers: tuple[str, ...] = ()  # request headers stripped on allow (XFCC, the token)
     challenge: str | None = None  # WWW-Authenticate of a 401
@@ -73,7 +88,8 @@ def decide(
 
     ``resolver`` is the identity step for ``engine``'s policy generation (built from its
     RequestAuthentication / PeerAuthentication and the trust bundles); without one, a resolver
-    with no bundles and no trusted proxies is used (cached per policy set).
+    with no bundles and no trusted proxies is used (cached per policy set). ``headers`` of the
+    decision are the token outputs; the configured identity headers are added by CheckCore.
     """
     decision_id = req.request_id or new_decision_id()
     if engine is None:
@@ -108,9 +124,6 @@ def decide(
             dry_run=verdict.dry_run,
             challenge=MISSING_TOKEN_CHALLENGE,
         )
-    headers = who.headers
-    if verdict.allowed and identity.peer is not None:
-        headers = (("x-spiffe-id", str(identity.peer)), *headers)
     return Decision(
         allowed=verdict.allowed,
         status=200 if verdict.allowed else 403,
@@ -121,21 +134,53 @@ def decide(
         identity=identity,
         audit_policies=verdict.audit,
         dry_run=verdict.dry_run,
-        headers=headers,
+        headers=who.headers if verdict.allowed else (),
         remove_headers=who.remove,
     )
 
 
-def render(decision: Decision) -> bytes:
+def metadata(decision: Decision) -> response.Metadata:
+    """``dynamic_metadata`` for Envoy's access logs: who was decided about, and how."""
+    ident = decision.identity
+    token = ident.token
+    return {  # the decision id is added per request (response.Prepared.finish)
+        "allowed": decision.allowed,
+        "reason": decision.reason,
+        "policy": decision.policy,
+        "peer": str(ident.peer) if ident.peer is not None else None,
+        "peer_verified": ident.peer_verified if ident.peer is not None else None,
+        "request_principal": ident.request_principal or None,
+        "token_issuer": token.issuer if token is not None else None,
+        "token_subject": token.subject if token is not None else None,
+    }
+
+
+def prepare(decision: Decision, managed: tuple[str, ...]) -> response.Prepared:
+    """The response a decision determines, encoded but for the decision id (cached with it)."""
     if decision.allowed:
-        return response.allow(decision.headers, decision.remove_headers)
+        return response.prepare_allow(
+            decision.headers, decision.remove_headers, managed=managed, metadata=metadata(decision)
+        )
     extra = (("www-authenticate", decision.challenge),) if decision.challenge else ()
-    return response.deny(decision.status, decision.decision_id, decision.reason, extra_headers=extra)
+    return response.prepare_deny(
+        decision.status, decision.reason, extra, metadata=metadata(decision)
+    )
+
+
+def render(
+    decision: Decision,
+    managed: tuple[str, ...] = response.IDENTITY_HEADERS,
+    prepared: response.Prepared | None = None,
+) -> bytes:
+    """CheckResponse bytes for ``decision`` (from ``prepared`` when the cache had it)."""
+    return (prepared or prepare(decision, managed)).finish(decision.decision_id)
 
 
 def audit_record(decision: Decision, req: RequestView | None, latency_us: int) -> dict[str, Any]:
     """The audit record of one decision (see the interface spec for the field list)."""
     r = req or RequestView()
+    ident = decision.identity
+    token = ident.token
     return {
         "time": rfc3339_now(),
         "decision_id": decision.decision_id,
@@ -149,11 +194,12 @@ def audit_record(decision: Decision, req: RequestView | None, latency_us: int) -
             "principal": r.source.principal or None,
             "address": r.source.address or None,
         },
+        "peer_verified": ident.peer_verified,
         "destination": {"principal": r.destination.principal or None},
         "request": {"method": r.method, "host": r.host, "path": r.path},
         "token": {
-            "iss": decision.identity.token.issuer if decision.identity.token else None,
-            "sub": decision.identity.token.subject if decision.identity.token else None,
+            "iss": token.issuer if token is not None else None,
+            "sub": token.subject if token is not None else None,
         },
         "cache": decision.cache,
         "latency_us": latency_us,
@@ -162,27 +208,147 @@ def audit_record(decision: Decision, req: RequestView | None, latency_us: int) -
     }
 
 
+def quarantine_record(event: QuarantineEvent) -> dict[str, Any]:
+    kind, who = event.caller
+    return {
+        "time": rfc3339_now(),
+        "event": "quarantine_start" if event.started else "quarantine_end",
+        "source": {kind: who},
+        "until": rfc3339(event.until),
+        "denials": event.denies or None,
+    }
+
+
 class CheckCore:
-    """Answers Check calls against whatever policy set ``current_engine`` returns right now."""
+    """Answers Check calls against whatever policy set ``current_engine`` returns right now.
+
+    Everything but the policy set is optional: ``identity`` (trust bundles, trusted proxies,
+    remote key sets), ``cache`` (decision cache), ``quarantine`` (anomaly response), ``audit``
+    and ``metrics`` (used by ``answer``), ``identity_headers``.
+    """
 
     def __init__(
-        self, current_engine: Callable[[], Engine | None], identity: IdentityContext | None = None
+        self,
+        current_engine: Callable[[], Engine | None],
+        identity: IdentityContext | None = None,
+        *,
+        cache: DecisionCache | None = None,
+        identity_headers: response.IdentityHeaders | None = None,
+        quarantine: Quarantine | None = None,
+        audit: AuditLog | None = None,
+        metrics: Metrics | None = None,
+        worker: int | None = None,
     ) -> None:
         self._current_engine = current_engine
         self.identity = identity or IdentityContext()
+        self.cache = cache
+        self.identity_headers = identity_headers or response.IdentityHeaders()
+        self._managed = self.identity_headers.names
+        self.quarantine = quarantine
+        self.audit = audit
+        self.metrics = metrics
+        self.worker = worker  # under `serve --workers N`: recorded in every audit record
 
     def check_message(self, msg: ext.CheckRequest) -> tuple[bytes, dict[str, Any], Decision]:
-        return self._check(lambda: msg)
+        body, record, decision, _ = self._check(lambda: msg)
+        return body, record, decision
 
     def check(self, data: bytes) -> tuple[bytes, dict[str, Any], Decision]:
         """Answer one serialized CheckRequest: (CheckResponse bytes, audit record, decision)."""
-        return self._check(lambda: ext.CheckRequest.FromString(data))
+        body, record, decision, _ = self._check(lambda: ext.CheckRequest.FromString(data))
+        return body, record, decision
+
+    def answer(self, data: bytes) -> bytes:
+        """What the server calls: check, audit (failing closed if so set), metrics."""
+        start = time.perf_counter()
+        body, record, decision, req = self._check(lambda: ext.CheckRequest.FromString(data))
+        if self.worker is not None:
+            record["worker"] = self.worker
+        audit = self.audit
+        # emit() first: the record is offered whatever the decision; refused, an allow is undone.
+        if (
+            audit is not None
+            and not audit.emit(record)
+            and decision.allowed
+            and audit.overflow == OVERFLOW_DENY
+        ):
+            decision = Decision(
+                False,
+                403,
+                REASON_AUDIT_UNAVAILABLE,
+                decision.decision_id,
+                identity=decision.identity,
+                error="the audit log cannot take the record",
+                cache=decision.cache,
+            )
+            body = self._render_safely(decision)
+            audit.emit(audit_record(decision, req, record.get("latency_us", 0)))
+        m = self.metrics
+        if m is not None:
+            m.observe(decision.allowed, decision.reason, time.perf_counter() - start)
+            if decision.status == 400:
+                m.bad_requests.labels("non_canonical").inc()
+            elif decision.reason == REASON_MALFORMED:
+                m.bad_requests.labels("malformed").inc()
+        return body
+
+    def _decide(
+        self, engine: Engine | None, req: RequestView
+    ) -> tuple[Decision, response.Prepared | None]:
+        """Quarantine, then the cache, then ``decide``: the decision and, when it came from or
+        went to the cache, its prepared response."""
+        q = self.quarantine
+        if q is not None:
+            quarantined, event = q.check(caller_of(req))
+            if event is not None:
+                self._event(quarantine_record(event))
+            if quarantined:
+                rid = req.request_id or new_decision_id()
+                return Decision(False, 403, REASON_QUARANTINED, rid), None
+        cache = self.cache
+        resolver = self.identity.resolver(engine.policies) if engine is not None else None
+        if cache is None or engine is None or req.problem is not None:
+            return self._with_headers(decide(engine, req, resolver)), None
+        key = cache.key(engine, req)
+        cached: tuple[Decision, response.Prepared] | None = cache.get(key)
+        if cached is not None:
+            rid = req.request_id or new_decision_id()
+            return dataclasses.replace(cached[0], decision_id=rid, cache="hit"), cached[1]
+        decision = self._with_headers(decide(engine, req, resolver))
+        if decision.reason not in CACHEABLE_REASONS or decision.error is not None:
+            return decision, None
+        prepared = prepare(decision, self._managed)
+        ident = decision.identity
+        token_exp = ident.token.expires_at if ident.token is not None else None
+        cache.put(key, (decision, prepared), token_exp, ident.peer_not_after)
+        return decision, prepared
+
+    def _with_headers(self, decision: Decision) -> Decision:
+        """Add the configured identity headers to an allow (before the token outputs)."""
+        if decision.allowed:
+            decision.headers = (
+                *self.identity_headers.values(decision.identity),
+                *decision.headers,
+            )
+        return decision
+
+    def _event(self, record: dict[str, Any]) -> None:
+        if self.audit is not None:
+            self.audit.emit(record)
+
+    def _render_safely(self, decision: Decision) -> bytes:
+        try:
+            return render(decision, self._managed)
+        except Exception:
+            log.exception("cannot render a deny response; using the static one")
+            return response.STATIC_DENY
 
     def _check(
         self, parse: Callable[[], ext.CheckRequest]
-    ) -> tuple[bytes, dict[str, Any], Decision]:
+    ) -> tuple[bytes, dict[str, Any], Decision, RequestView | None]:
         start = time.perf_counter_ns()
         req: RequestView | None = None
+        prepared: response.Prepared | None = None  # the cached response, but its decision id
         engine = self._current_engine()  # read once: the whole check sees one policy set
         try:
             try:
@@ -192,9 +358,8 @@ class CheckCore:
                     False, 403, REASON_MALFORMED, new_decision_id(), error=f"undecodable: {exc}"
                 )
             else:
-                resolver = self.identity.resolver(engine.policies) if engine is not None else None
-                decision = decide(engine, req, resolver)
-            body = render(decision)
+                decision, prepared = self._decide(engine, req)
+            body = render(decision, self._managed, prepared)
         except Exception:  # fail closed, whatever happened
             log.exception("internal error while checking a request")
             decision = Decision(
@@ -204,11 +369,7 @@ class CheckCore:
                 (req.request_id if req else "") or new_decision_id(),
                 error="internal error",
             )
-            body = response.STATIC_DENY
-            try:
-                body = render(decision)
-            except Exception:
-                log.exception("cannot render a deny response; using the static one")
+            body = self._render_safely(decision)
         latency_us = (time.perf_counter_ns() - start) // 1000
         try:
             record = audit_record(decision, req, latency_us)
@@ -217,4 +378,17 @@ class CheckCore:
             record = {"time": rfc3339_now(), "decision_id": decision.decision_id,
                       "allowed": decision.allowed, "status": decision.status,
                       "reason": decision.reason, "error": "audit record incomplete"}
-        return body, record, decision
+        if (
+            self.quarantine is not None
+            and req is not None
+            and not decision.allowed
+            and decision.reason not in _NOT_THE_CALLERS_FAULT
+        ):
+            try:
+                event = self.quarantine.record_deny(caller_of(req))
+                if event is not None:
+                    log.warning("quarantined %s=%s until %s", *event.caller, rfc3339(event.until))
+                    self._event(quarantine_record(event))
+            except Exception:
+                log.exception("deny-rate accounting failed")
+        return body, record, decision, req

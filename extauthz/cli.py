@@ -105,6 +105,17 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--upstream", default="127.0.0.1:8080", help="with --bootstrap: HOST:PORT")
     e.add_argument("--admin-port", type=int, default=9901, help="with --bootstrap")
 
+    a = sub.add_parser("audit", help="audit log tools")
+    asub = a.add_subparsers(dest="audit_command", required=True)
+    av = asub.add_parser(
+        "verify",
+        help="check the hash chain of audit log files; report the first broken record",
+        description="Check the hash chain of audit log files, given oldest first "
+        "(PATH.5 ... PATH.1 PATH). Exit 0 when intact, 1 at the first broken record.",
+    )
+    av.add_argument("files", nargs="+", metavar="FILE", help="audit log files, oldest first")
+    av.add_argument("--hmac-key-file", metavar="FILE", help="the key the records were sealed with")
+
     h = sub.add_parser(
         "healthcheck", help="exit 0 when a running extauthz answers gRPC health SERVING"
     )
@@ -131,6 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _check(args)
         if args.command == "envoy-config":
             return _envoy_config(args)
+        if args.command == "audit":
+            return _audit_verify(args)
         if args.command == "healthcheck":
             return _healthcheck(args)
         if args.command == "demo":
@@ -204,6 +217,24 @@ def _check(args: argparse.Namespace) -> int:
         out["error"] = decision.error
     print(json.dumps(out, indent=2))
     return EXIT_OK if decision.allowed else EXIT_DENIED
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    from extauthz.audit import Hasher, verify
+
+    try:
+        result = verify(args.files, Hasher.from_key_file(args.hmac_key_file))
+    except (OSError, ValueError) as exc:
+        print(f"extauthz audit verify: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    if not result.ok:
+        print(f"BROKEN after {result.records} good records: {result.broken}")
+        return EXIT_DENIED
+    start = ""
+    if result.first_seq is not None and result.first_seq != 1:
+        start = f" (the chain starts at seq {result.first_seq}: give the older files to check it too)"
+    print(f"OK: {result.records} records in {len(args.files)} file(s){start}")
+    return EXIT_OK
 
 
 def _envoy_config(args: argparse.Namespace) -> int:

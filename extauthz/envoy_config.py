@@ -222,11 +222,12 @@ def status_code(code: int) -> StatusCode:
 def _check_retry_policy() -> RetryPolicy:
     """Retry a check that never reached a replica (one draining or gone) on another one.
 
-    Only failures where the service cannot have answered: no connection, a refused stream, or
-    UNAVAILABLE (what a stopping grpcio server answers). A deny is never retried.
+    Only failures where no decision came back: no connection, a refused or reset stream, or
+    UNAVAILABLE / CANCELLED (what a stopping grpcio or h2corn server answers a call it will not
+    finish). A check is idempotent; a deny is never retried.
     """
     return RetryPolicy(
-        retry_on="connect-failure,refused-stream,unavailable",
+        retry_on="connect-failure,refused-stream,reset,unavailable,cancelled",
         num_retries=2,
         retry_host_predicate=[
             RetryPolicyRetryHostPredicate(

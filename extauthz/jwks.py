@@ -24,6 +24,8 @@ from typing import Any
 import jwt
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+from extauthz import cache, metrics
+
 log = logging.getLogger("extauthz.jwks")
 
 RSA_ALGS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512"})
@@ -238,8 +240,12 @@ class RemoteJwks:
             with self._lock:
                 self._keyset = keyset
                 self._fetched_at = self._clock()
+            # Decisions cached with the previous keys must not outlive them.
+            cache.bundles.bump()
+            metrics.jwks_fetch(self.uri, True)
             log.info("fetched %d keys from %s", len(keyset.keys), self.uri)
         except Exception as exc:  # keep the last good set
+            metrics.jwks_fetch(self.uri, False)
             log.warning("cannot fetch JWKS from %s: %s", self.uri, exc)
         finally:
             with self._lock:

@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from google.protobuf import struct_pb2
 
 from extauthz._pb.envoy.config.core.v3 import base_pb2
 from extauthz._pb.envoy.service.auth.v3 import external_auth_pb2 as ext
+from extauthz.identity import Identity
 
 # google.rpc.Code values.
 OK = 0
@@ -17,9 +22,73 @@ UNAUTHENTICATED = 16
 _GRPC_CODE_FOR_HTTP = {400: INVALID_ARGUMENT, 401: UNAUTHENTICATED, 403: PERMISSION_DENIED}
 _OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
 
-# The identity headers this service sets on allowed requests. A client-supplied copy never
-# reaches the upstream: it is overwritten when we set the header and removed when we don't.
+# The identity headers this service sets on allowed requests (the default of the
+# ``identity_headers`` setting). A client-supplied copy never reaches the upstream: it is
+# overwritten when we set the header and removed when we don't.
 IDENTITY_HEADERS = ("x-spiffe-id",)
+
+# What an identity header may carry (the ``identity_headers`` setting maps names to these).
+IDENTITY_FIELDS: dict[str, Callable[[Identity], str]] = {
+    "peer": lambda i: str(i.peer) if i.peer is not None else "",  # spiffe://td/path
+    "peer_trust_domain": lambda i: i.peer.trust_domain if i.peer is not None else "",
+    "request_principal": lambda i: i.request_principal,  # iss/sub of the validated token
+    "token_issuer": lambda i: i.token.issuer if i.token is not None else "",
+    "token_subject": lambda i: i.token.subject if i.token is not None else "",
+}
+_HEADER_NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
+_RESERVED = frozenset({"host", "content-length", "transfer-encoding", "connection", "te"})
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityHeaders:
+    """Which identity headers an allowed request carries upstream, and from which field."""
+
+    fields: tuple[tuple[str, str], ...] = (("x-spiffe-id", "peer"),)
+
+    @classmethod
+    def from_mapping(cls, mapping: Mapping[str, str]) -> IdentityHeaders:
+        out = []
+        for name, fieldname in mapping.items():
+            n = str(name).lower()
+            if not _HEADER_NAME.fullmatch(n) or n in _RESERVED:
+                raise ValueError(f"identity header {name!r}: not a header name we may set")
+            if fieldname not in IDENTITY_FIELDS:
+                raise ValueError(
+                    f"identity header {name!r}: field {fieldname!r} is not one of "
+                    + ", ".join(IDENTITY_FIELDS)
+                )
+            out.append((n, str(fieldname)))
+        return cls(tuple(out))
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(n for n, _ in self.fields)
+
+    def values(self, identity: Identity) -> tuple[tuple[str, str], ...]:
+        """The headers to set for ``identity``: those whose field has a value."""
+        out = []
+        for name, fieldname in self.fields:
+            value = IDENTITY_FIELDS[fieldname](identity)
+            if value and value.isprintable() and value.isascii():  # never a CR/LF or NUL
+                out.append((name, value))
+        return tuple(out)
+
+
+# Values of ``dynamic_metadata``: Envoy puts them under ``envoy.filters.http.ext_authz`` for
+# access logs (``%DYNAMIC_METADATA(envoy.filters.http.ext_authz:decision_id)%``).
+Metadata = Mapping[str, str | bool | int | None]
+
+
+def _set_metadata(struct: struct_pb2.Struct, metadata: Metadata) -> None:
+    for key, value in metadata.items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            struct.fields[key].bool_value = value
+        elif isinstance(value, int):
+            struct.fields[key].number_value = value
+        else:
+            struct.fields[key].string_value = value
 
 
 def _header(key: str, value: str) -> base_pb2.HeaderValueOption:
@@ -28,8 +97,15 @@ def _header(key: str, value: str) -> base_pb2.HeaderValueOption:
     )
 
 
-def allow(identity_headers: Sequence[tuple[str, str]], remove: Sequence[str] = ()) -> bytes:
-    """An OK CheckResponse that sets ``identity_headers`` (overwriting) and strips the others.
+def allow(
+    identity_headers: Sequence[tuple[str, str]],
+    remove: Sequence[str] = (),
+    *,
+    managed: Sequence[str] = IDENTITY_HEADERS,
+    metadata: Metadata | None = None,
+) -> bytes:
+    """An OK CheckResponse that sets ``identity_headers`` (overwriting) and strips the other
+    ``managed`` header names, so that no client-supplied copy of one reaches the upstream.
 
     ``remove`` names more request headers to strip (x-forwarded-client-cert, a consumed token).
     """
@@ -42,9 +118,119 @@ def allow(identity_headers: Sequence[tuple[str, str]], remove: Sequence[str] = (
         set_names.add(key)
     # Envoy applies headers_to_remove after the headers it sets: only remove what we don't set.
     ok.headers_to_remove.extend(
-        dict.fromkeys(h for h in (*IDENTITY_HEADERS, *remove) if h not in set_names)
+        dict.fromkeys(h for h in (*managed, *remove) if h not in set_names)
     )
+    if metadata:
+        _set_metadata(resp.dynamic_metadata, metadata)
     return resp.SerializeToString()
+
+
+# A cached decision keeps its response prepared: every field encoded except the per-request
+# decision id (in dynamic_metadata, and in a deny's header and body). ``Prepared.finish`` adds the
+# id inside the same two length-delimited fields (entries appended to the encoded content, so each
+# field still occurs once: no parser has to merge messages). On a cache hit that is ~1.4 us for an
+# allow instead of ~7 us to build the response whole (CPU time; bench/cache.py has the effect on
+# checks/s); on a miss, preparing then finishing costs ~2 us more than one build.
+_FIELD = ext.CheckResponse.DESCRIPTOR.fields_by_name
+_DENIED_FIELD = _FIELD["denied_response"].number
+_METADATA_FIELD = _FIELD["dynamic_metadata"].number
+
+
+def _varint(n: int) -> bytes:
+    if n < 0x80:
+        return bytes((n,))
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _frame(field_number: int, content: bytes) -> bytes:
+    """One length-delimited field (wire type 2)."""
+    return _varint(field_number << 3 | 2) + _varint(len(content)) + content
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A CheckResponse encoded but for its decision id."""
+
+    head: bytes  # complete fields: status, and ok_response for an allow
+    metadata: bytes  # dynamic_metadata content, without decision_id
+    denied: bytes | None = None  # denied_response content without the id header and body
+    http_status: int = 0
+    reason: str = ""
+
+    def finish(self, decision_id: str) -> bytes:
+        out = [self.head]
+        if self.denied is not None:
+            extra = ext.DeniedHttpResponse(
+                headers=[_header("x-extauthz-decision-id", decision_id)],
+                body=json.dumps(
+                    {"decision_id": decision_id, "status": self.http_status, "reason": self.reason},
+                    ensure_ascii=True,
+                    separators=(",", ":"),
+                ),
+            )
+            out.append(_frame(_DENIED_FIELD, self.denied + extra.SerializeToString()))
+        out.append(_frame(_METADATA_FIELD, self.metadata + _decision_id_entry(decision_id)))
+        return b"".join(out)
+
+
+def _decision_id_entry(decision_id: str) -> bytes:
+    """Struct content holding just ``decision_id`` (protobuf's encoder: faster than Python's)."""
+    md = struct_pb2.Struct()
+    md.fields["decision_id"].string_value = decision_id
+    return md.SerializeToString()
+
+
+def _metadata_content(metadata: Metadata | None) -> bytes:
+    """Struct content of ``metadata`` (None values left out; the decision id comes later)."""
+    md = struct_pb2.Struct()
+    if metadata:
+        _set_metadata(md, {k: v for k, v in metadata.items() if k != "decision_id"})
+    return md.SerializeToString()
+
+
+def prepare_allow(
+    identity_headers: Sequence[tuple[str, str]],
+    remove: Sequence[str] = (),
+    *,
+    managed: Sequence[str] = IDENTITY_HEADERS,
+    metadata: Metadata | None = None,
+) -> Prepared:
+    return Prepared(
+        head=allow(identity_headers, remove, managed=managed),
+        metadata=_metadata_content(metadata),
+    )
+
+
+def prepare_deny(
+    http_status: int,
+    reason: str,
+    extra_headers: Sequence[tuple[str, str]] = (),
+    *,
+    metadata: Metadata | None = None,
+) -> Prepared:
+    head = ext.CheckResponse()
+    head.status.code = _GRPC_CODE_FOR_HTTP.get(http_status, PERMISSION_DENIED)
+    head.status.message = reason
+    denied = ext.DeniedHttpResponse()
+    denied.status.code = http_status  # type: ignore[assignment]
+    denied.headers.append(_header("content-type", "application/json"))
+    for key, value in extra_headers:
+        denied.headers.append(_header(key, value))
+    return Prepared(
+        head=head.SerializeToString(),
+        metadata=_metadata_content(metadata),
+        denied=denied.SerializeToString(),
+        http_status=http_status,
+        reason=reason,
+    )
 
 
 def deny(
@@ -52,27 +238,15 @@ def deny(
     decision_id: str,
     reason: str,
     extra_headers: Sequence[tuple[str, str]] = (),
+    *,
+    metadata: Metadata | None = None,
 ) -> bytes:
     """A deny CheckResponse: non-zero gRPC status, ``denied_response`` with a small JSON body.
 
     The body names the decision (so a user can find the audit record) and a coarse reason; it
     never carries internals.
     """
-    resp = ext.CheckResponse()
-    resp.status.code = _GRPC_CODE_FOR_HTTP.get(http_status, PERMISSION_DENIED)
-    resp.status.message = reason
-    denied = resp.denied_response
-    denied.status.code = http_status  # type: ignore[assignment]
-    denied.headers.append(_header("content-type", "application/json"))
-    denied.headers.append(_header("x-extauthz-decision-id", decision_id))
-    for key, value in extra_headers:
-        denied.headers.append(_header(key, value))
-    denied.body = json.dumps(
-        {"decision_id": decision_id, "status": http_status, "reason": reason},
-        ensure_ascii=True,
-        separators=(",", ":"),
-    )
-    return resp.SerializeToString()
+    return prepare_deny(http_status, reason, extra_headers, metadata=metadata).finish(decision_id)
 
 
 # A last-resort answer that needs no work at all: used when even building a response failed.

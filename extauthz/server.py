@@ -10,7 +10,6 @@ import logging
 import os
 import signal
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from types import FrameType
 from typing import Any
@@ -19,12 +18,15 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from extauthz import response
+from extauthz.anomaly import Quarantine
 from extauthz.audit import AuditLog
 from extauthz.authn import IdentityContext
 from extauthz.bundles import BundleStore, BundleWatcher
+from extauthz.cache import DecisionCache
 from extauthz.check import REASON_MALFORMED, CheckCore, Decision, audit_record, new_decision_id, render
 from extauthz.metrics import Metrics
 from extauthz.reload import DirectoryWatcher, PolicyStore
+from extauthz.response import IdentityHeaders
 from extauthz.settings import Settings, parse_listen
 
 log = logging.getLogger("extauthz.server")
@@ -50,11 +52,38 @@ class Service:
         self.worker = worker  # index under `serve --workers N` (N > 1): in every audit record
         self.store = store
         self.audit = audit
-        self.metrics = Metrics()
+        self.metrics = Metrics().install()
+        self.metrics.watch_audit(audit)
+        self.cache = (
+            DecisionCache(settings.cache_size, settings.cache_ttl) if settings.cache_size else None
+        )
+        if self.cache is not None:
+            self.metrics.watch_cache(self.cache)
+        self.quarantine = (
+            Quarantine(
+                max_denies=settings.anomaly_max_denies,
+                window=settings.anomaly_window_seconds,
+                duration=settings.anomaly_quarantine_seconds,
+                max_tracked=settings.anomaly_max_tracked,
+            )
+            if settings.anomaly_quarantine
+            else None
+        )
+        if self.quarantine is not None:
+            self.metrics.watch_quarantine(self.quarantine)
         self.identity = identity or IdentityContext(
             trusted_proxies=settings.trusted_proxy, bind_token_to_peer=settings.bind_token_to_peer
         )
-        self.core = CheckCore(lambda: store.engine, self.identity)
+        self.core = CheckCore(
+            lambda: store.engine,
+            self.identity,
+            cache=self.cache,
+            identity_headers=IdentityHeaders.from_mapping(settings.identity_headers),
+            quarantine=self.quarantine,
+            audit=audit,
+            metrics=self.metrics,
+            worker=worker,
+        )
         self.health = health.HealthServicer()
         store.listeners.append(self._on_reload)
         self._on_reload(store, store.engine is not None)
@@ -65,6 +94,8 @@ class Service:
         self.identity.bundles.reload()
 
     def _on_reload(self, store: PolicyStore, ok: bool) -> None:
+        if ok and self.cache is not None:
+            self.cache.clear()  # old entries could not match any more (generation): free them
         self.metrics.policy_reloads.labels("success" if ok else "failure").inc()
         self.metrics.policy_loaded.set(1 if ok else 0)
         self.metrics.policy_generation.set(store.generation)
@@ -79,18 +110,7 @@ class Service:
     def handle_check(self, data: bytes, context: Any) -> bytes:
         """The gRPC handler. Never raises: the worst case is the static deny answer."""
         try:
-            start = time.perf_counter()
-            body, record, decision = self.core.check(data)
-            self.metrics.observe(decision.allowed, decision.reason, time.perf_counter() - start)
-            if decision.error is not None and decision.status == 400:
-                self.metrics.bad_requests.labels("non_canonical").inc()
-            elif decision.reason == "malformed_check_request":
-                self.metrics.bad_requests.labels("malformed").inc()
-            if self.worker is not None:
-                record["worker"] = self.worker
-            if not self.audit.emit(record):
-                self.metrics.audit_lost.inc()
-            return body
+            return self.core.answer(data)
         except Exception:
             log.exception("check handler failed; answering deny")
             return response.STATIC_DENY
@@ -107,8 +127,7 @@ class Service:
             record = audit_record(decision, None, 0)
             if self.worker is not None:
                 record["worker"] = self.worker
-            if not self.audit.emit(record):
-                self.metrics.audit_lost.inc()
+            self.audit.emit(record)  # a refused record is counted by the audit log
             return body
         except Exception:
             log.exception("malformed-call handler failed; answering deny")
@@ -160,7 +179,14 @@ def serve_worker(settings: Settings, worker: int | None = None) -> int:
         bundles, settings.trusted_proxy, bind_token_to_peer=settings.bind_token_to_peer
     )
     workload_api = start_workload_api(settings, bundles)
-    audit = AuditLog.open(settings.audit_log)
+    audit = AuditLog.open(
+        settings.audit_log,
+        capacity=settings.audit_queue,
+        max_bytes=settings.audit_max_bytes,
+        backups=settings.audit_backups,
+        overflow=settings.audit_overflow,
+        hmac_key_file=settings.audit_hmac_key_file,
+    )
     service = Service(settings, store, audit, identity, worker=worker)
     if settings.metrics:
         service.metrics.serve(settings.metrics)

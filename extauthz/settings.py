@@ -38,6 +38,23 @@ class Settings:
     threads: int = 4  # bench/README.md: 4 beat 16 and 1 with grpcio's sync server
     transport: str = "h2corn"  # bench/README.md: ~3x grpcio's checks/s; grpcio is the fallback
     log_level: str = "info"
+    # Decision cache (0 entries: off). An entry also ends at the token's exp / the peer's notAfter.
+    cache_size: int = 10000
+    cache_ttl: float = 30.0
+    # Audit log: size-based rotation (0: never), HMAC key for the hash chain, queue and overflow.
+    audit_max_bytes: int = 100 * 1024 * 1024
+    audit_backups: int = 5
+    audit_hmac_key_file: str | None = None
+    audit_queue: int = 65536
+    audit_overflow: str = "drop-allowed"  # or "deny": fail closed when records cannot be written
+    # Headers set on allowed requests (client copies always replaced or removed): name -> field.
+    identity_headers: dict[str, str] = field(default_factory=lambda: {"x-spiffe-id": "peer"})
+    # Anomaly response: quarantine a caller with more than N denials in W seconds, for Q seconds.
+    anomaly_quarantine: bool = False
+    anomaly_max_denies: int = 20
+    anomaly_window_seconds: float = 10.0
+    anomaly_quarantine_seconds: float = 60.0
+    anomaly_max_tracked: int = 100000
 
     def validate(self) -> None:
         parse_listen(self.listen)
@@ -54,6 +71,34 @@ class Settings:
                     f"--workers {self.workers} needs a fixed --listen port with room for "
                     f"{self.workers} consecutive ports"
                 )
+        if self.cache_size < 0 or self.cache_ttl < 0:
+            raise SettingsError("cache_size and cache_ttl must not be negative")
+        if self.audit_max_bytes < 0 or self.audit_backups < 1 or self.audit_queue < 1:
+            raise SettingsError("audit_max_bytes >= 0, audit_backups >= 1, audit_queue >= 1")
+        if self.audit_overflow not in ("drop-allowed", "deny"):
+            raise SettingsError("audit_overflow must be drop-allowed or deny")
+        if self.audit_hmac_key_file:
+            from extauthz.audit import Hasher
+
+            try:
+                Hasher.from_key_file(self.audit_hmac_key_file)
+            except (OSError, ValueError) as exc:
+                raise SettingsError(f"audit_hmac_key_file: {exc}") from exc
+        if not isinstance(self.identity_headers, dict):
+            raise SettingsError("identity_headers must map header names to identity fields")
+        from extauthz.response import IdentityHeaders
+
+        try:
+            IdentityHeaders.from_mapping(self.identity_headers)
+        except ValueError as exc:
+            raise SettingsError(str(exc)) from exc
+        if (
+            self.anomaly_max_denies < 1
+            or self.anomaly_window_seconds <= 0
+            or self.anomaly_quarantine_seconds <= 0
+            or self.anomaly_max_tracked < 1
+        ):
+            raise SettingsError("anomaly settings must be positive")
         for tb in self.trust_bundle:
             td, sep, path = tb.partition("=")
             if not sep or not td or not path:

@@ -13,8 +13,9 @@ Envoy's load balancer spreads the checks.
 - Crashes: a worker that exits on its own is restarted (at most once a second; after
   ``MAX_RESTARTS`` restarts within a minute the supervisor gives up and exits 1).
 - Audit: one writer. Each worker writes its JSON lines to a pipe (its standard output); the
-  supervisor copies complete lines to ``--audit-log`` (a file, or ``-`` for its own standard
-  output), so the log stays one JSON Lines stream and no line is ever split. Every record
+  supervisor reads complete lines and writes them to ``--audit-log`` (a file, or ``-`` for its
+  own standard output) through one AuditLog, which seals them into one hash chain (rotation and
+  HMAC included), so the log stays one verifiable JSON Lines stream and no line is ever split. Every record
   carries ``worker`` (the index): the per-worker counters.
 - Metrics: ``--metrics HOST:PORT`` gives worker ``i`` its own ``/metrics`` on ``PORT+i``.
 """
@@ -35,6 +36,7 @@ from dataclasses import asdict, replace
 from types import FrameType
 from typing import IO
 
+from extauthz.audit import AuditLog
 from extauthz.reload import PolicyStore
 from extauthz.settings import Settings, worker_listen
 
@@ -71,10 +73,9 @@ class _Worker:
 
 
 class Supervisor:
-    def __init__(self, settings: Settings, sink: IO[bytes]) -> None:
+    def __init__(self, settings: Settings, audit: AuditLog) -> None:
         self.settings = settings
-        self.sink = sink
-        self.sink_lock = threading.Lock()
+        self.audit = audit
         self.workers = [_Worker(i) for i in range(settings.workers)]
         self.restarts: deque[float] = deque()
         self.stopping = threading.Event()
@@ -127,12 +128,21 @@ class Supervisor:
         pipe.close()
 
     def _write(self, data: bytes) -> None:
-        with self.sink_lock:
+        """Re-seal the workers' records into the one hash chain of ``--audit-log``.
+
+        Each worker chains its own pipe; interleaved, those chains would not verify, so the
+        supervisor drops the workers' chain members and seals every record again (audit.py).
+        """
+        for line in data.splitlines():
+            if not line.strip():
+                continue
             try:
-                self.sink.write(data)
-                self.sink.flush()
-            except (OSError, ValueError) as exc:
-                log.error("audit write failed: %s", exc)
+                record = json.loads(line)
+                if not isinstance(record, dict):
+                    raise ValueError("not a JSON object")
+            except ValueError:
+                record = {"event": "audit_line_unreadable", "bytes": len(line)}
+            self.audit.emit(record)
 
     def _signal_all(self, signum: int) -> None:
         for w in self.workers:
@@ -205,17 +215,18 @@ class Supervisor:
 def supervise(settings: Settings) -> int:
     """Run ``settings.workers`` workers until SIGTERM. Raises PolicyError like one process."""
     PolicyStore(settings.policies, root_namespace=settings.root_namespace).load()
-    if settings.audit_log == "-":
-        sink: IO[bytes] = sys.stdout.buffer
-        owns = False
-    else:
-        sink = open(settings.audit_log, "ab")  # noqa: SIM115
-        owns = True
+    audit = AuditLog.open(
+        settings.audit_log,
+        capacity=settings.audit_queue,
+        max_bytes=settings.audit_max_bytes,
+        backups=settings.audit_backups,
+        overflow=settings.audit_overflow,
+        hmac_key_file=settings.audit_hmac_key_file,
+    )
     try:
-        return Supervisor(settings, sink).run()
+        return Supervisor(settings, audit).run()
     finally:
-        if owns:
-            sink.close()
+        audit.close()
 
 
 def _exit_with_parent() -> None:

@@ -43,7 +43,7 @@ def test_ext_authz_filter_fails_closed() -> None:
     grpc = tc["grpc_service"]
     assert grpc["envoy_grpc"] == {"cluster_name": "extauthz"}
     assert grpc["timeout"] == "0.250s"
-    assert grpc["retry_policy"]["retry_on"] == "connect-failure,refused-stream,unavailable"
+    assert grpc["retry_policy"]["retry_on"] == "connect-failure,refused-stream,reset,unavailable,cancelled"
 
 
 def test_authz_cluster_http2_and_endpoints() -> None:

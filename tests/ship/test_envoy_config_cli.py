@@ -107,7 +107,9 @@ def test_snippet_defaults_fail_closed_and_keep_paths_canonical() -> None:
     assert tc["grpc_service"]["timeout"] == "0.250s"
     retry = tc["grpc_service"]["retry_policy"]
     # Only failures where no replica can have answered are retried, on another replica.
-    assert set(retry["retry_on"].split(",")) == {"connect-failure", "refused-stream", "unavailable"}
+    assert set(retry["retry_on"].split(",")) == {
+        "connect-failure", "refused-stream", "reset", "unavailable", "cancelled"
+    }
     assert retry["retry_host_predicate"][0]["name"] == "envoy.retry_host_predicates.previous_hosts"
     hcm = cfg["http_connection_manager"]
     assert hcm["normalize_path"] is True and hcm["merge_slashes"] is True

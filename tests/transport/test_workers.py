@@ -31,6 +31,7 @@ from harness import (
 
 from extauthz import cli, envoy_config
 from extauthz._pb.envoy.service.auth.v3 import external_auth_pb2 as ext
+from extauthz.cli import main as audit_main
 from extauthz.samples import check_request
 from extauthz.settings import Settings, SettingsError, worker_addresses, worker_listen
 from extauthz.workers import worker_settings
@@ -264,6 +265,10 @@ def test_supervisor_serves_reloads_restarts_and_drains(tmp_path: Path, transport
     assert len(lines) == len(records)
     assert {r["worker"] for r in records} == {0, 1}
     assert "exited with -9; restarting" in proc.stderr_text()
+    # ... and one hash chain over all workers' records: it verifies as a whole.
+    seqs = [r["seq"] for r in records if "seq" in r]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+    assert audit_main(["audit", "verify", str(proc.audit_log)]) == 0
 
 
 def test_startup_with_bad_policies_fails_before_forking(tmp_path: Path) -> None:
