@@ -31,6 +31,9 @@ class Settings:
     trust_bundle: list[str] = field(default_factory=list)
     trusted_proxy: list[str] = field(default_factory=list)
     root_namespace: str = "istio-system"
+    # remote.ip / remoteIpBlocks: how many trusted proxies stand in front of Envoy, each
+    # appending to x-forwarded-for. 0: the original client is the direct peer (XFF ignored).
+    xff_num_trusted_hops: int = 0
     drain_seconds: float = 5.0
     threads: int = 16
     log_level: str = "info"
@@ -41,6 +44,8 @@ class Settings:
             raise SettingsError("workers must be at least 1")
         if self.threads < 1:
             raise SettingsError("threads must be at least 1")
+        if not isinstance(self.xff_num_trusted_hops, int) or self.xff_num_trusted_hops < 0:
+            raise SettingsError("xff_num_trusted_hops must be a whole number >= 0")
         for tb in self.trust_bundle:
             td, sep, path = tb.partition("=")
             if not sep or not td or not path:

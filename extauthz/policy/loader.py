@@ -365,20 +365,30 @@ def _rule(ctx: _Ctx, raw: Any) -> Rule:
         raw = _Map()
     rule = _map(ctx, raw, "rules[]", raw)
     _check_fields(ctx, rule, "rule", ("from", "to", "when"))
+    # As Istio validates: a present ``from``/``to`` must not be empty, and neither may the
+    # ``source``/``operation`` inside (an empty one would silently match anything).
     sources: list[Source] = []
-    for entry in _list(ctx, rule, "from", rule.get("from") or _Seq()):
+    for entry in _present_list(ctx, rule, "from"):
         entry = _map(ctx, rule, "from[]", entry)
         _check_fields(ctx, entry, "from[]", ("source",))
-        src = _map(ctx, entry, "from[].source", entry.get("source") or _Map())
-        sources.append(Source(**_fields(ctx, src, "source", _SOURCE_FIELDS, _check_source_value)))
+        if entry.get("source") is None:
+            raise ctx.error(entry, "from[].source must be set")
+        src = _map(ctx, entry, "from[].source", entry["source"])
+        fields = _fields(ctx, src, "source", _SOURCE_FIELDS, _check_source_value)
+        if not fields:
+            raise ctx.error(src, "from[].source must not be empty")
+        sources.append(Source(**fields))
     operations: list[Operation] = []
-    for entry in _list(ctx, rule, "to", rule.get("to") or _Seq()):
+    for entry in _present_list(ctx, rule, "to"):
         entry = _map(ctx, rule, "to[]", entry)
         _check_fields(ctx, entry, "to[]", ("operation",))
-        op = _map(ctx, entry, "to[].operation", entry.get("operation") or _Map())
-        operations.append(
-            Operation(**_fields(ctx, op, "operation", _OPERATION_FIELDS, _check_operation_value))
-        )
+        if entry.get("operation") is None:
+            raise ctx.error(entry, "to[].operation must be set")
+        op = _map(ctx, entry, "to[].operation", entry["operation"])
+        fields = _fields(ctx, op, "operation", _OPERATION_FIELDS, _check_operation_value)
+        if not fields:
+            raise ctx.error(op, "to[].operation must not be empty")
+        operations.append(Operation(**fields))
     conditions = [_condition(ctx, c) for c in _list(ctx, rule, "when", rule.get("when") or _Seq())]
     return Rule(
         sources=tuple(sources),
@@ -386,6 +396,15 @@ def _rule(ctx: _Ctx, raw: Any) -> Rule:
         conditions=tuple(conditions),
         where=Where(ctx.file, rule.line),
     )
+
+
+def _present_list(ctx: _Ctx, rule: _Map, field: str) -> _Seq:
+    if field not in rule or rule[field] is None:
+        return _Seq()
+    seq = _list(ctx, rule, field, rule[field])
+    if not seq:
+        raise ctx.error(rule, f"{field} must not be empty when present (leave it out to match anything)")
+    return seq
 
 
 def _fields(
@@ -452,6 +471,15 @@ def _condition(ctx: _Ctx, raw: Any) -> Condition:
     if key in ("source.ip", "remote.ip", "destination.ip"):
         for v in (*values, *not_values):
             _check_cidr(ctx, cond, f"when[{key}]", v)
+    elif key == "destination.port":
+        for v in (*values, *not_values):
+            if not v.isdigit() or not 0 < int(v) < 65536:
+                raise ctx.error(cond, f"when[{key}]: {v!r} is not a port number")
+    else:
+        try:
+            compile_matcher((*values, *not_values))
+        except PatternError as exc:
+            raise ctx.error(cond, f"when[{key}]: {exc}") from exc
     return Condition(key=key, values=values, not_values=not_values)
 
 
