@@ -519,7 +519,7 @@ def _request_authentication(
     for rule in _list(ctx, spec, "jwtRules", spec.get("jwtRules") or _Seq()):
         rule = _map(ctx, spec, "jwtRules[]", rule)
         _check_fields(ctx, rule, "jwtRules[]", _JWT_RULE_FIELDS)
-        _str(ctx, rule, "jwtRules[].issuer", rule.get("issuer"))
+        _jwt_rule(ctx, rule)
     return Resource(
         kind="RequestAuthentication",
         name=name,
@@ -528,6 +528,35 @@ def _request_authentication(
         selector=_selector(ctx, spec),
         where=where,
     )
+
+
+def _jwt_rule(ctx: _Ctx, rule: _Map) -> None:
+    """Type-check one ``jwtRules[]`` entry (its semantics live with the token code)."""
+    if not _str(ctx, rule, "jwtRules[].issuer", rule.get("issuer")):
+        raise ctx.error(rule, "jwtRules[].issuer must not be empty")
+    for name in ("jwksUri", "jwks", "outputPayloadToHeader", "timeout"):
+        if name in rule:
+            _str(ctx, rule, f"jwtRules[].{name}", rule[name])
+    if "jwksUri" in rule and "jwks" in rule:
+        raise ctx.error(rule, "jwtRules[]: set jwksUri or jwks, not both")
+    for name in ("audiences", "fromParams", "fromCookies"):
+        if name in rule:
+            _strings(ctx, rule, f"jwtRules[].{name}", rule[name])
+    if "forwardOriginalToken" in rule and not isinstance(rule["forwardOriginalToken"], bool):
+        raise ctx.error(rule, "jwtRules[].forwardOriginalToken: expected true or false")
+    for h in _list(ctx, rule, "jwtRules[].fromHeaders", rule.get("fromHeaders") or _Seq()):
+        h = _map(ctx, rule, "jwtRules[].fromHeaders[]", h)
+        _check_fields(ctx, h, "jwtRules[].fromHeaders[]", ("name", "prefix"))
+        if not _str(ctx, h, "jwtRules[].fromHeaders[].name", h.get("name")):
+            raise ctx.error(h, "jwtRules[].fromHeaders[].name must not be empty")
+        if "prefix" in h:
+            _str(ctx, h, "jwtRules[].fromHeaders[].prefix", h["prefix"])
+    for o in _list(ctx, rule, "jwtRules[].outputClaimToHeaders", rule.get("outputClaimToHeaders") or _Seq()):
+        o = _map(ctx, rule, "jwtRules[].outputClaimToHeaders[]", o)
+        _check_fields(ctx, o, "jwtRules[].outputClaimToHeaders[]", ("header", "claim"))
+        for name in ("header", "claim"):
+            if not _str(ctx, o, f"jwtRules[].outputClaimToHeaders[].{name}", o.get(name)):
+                raise ctx.error(o, f"jwtRules[].outputClaimToHeaders[].{name} must not be empty")
 
 
 _MTLS_MODES = ("UNSET", "DISABLE", "PERMISSIVE", "STRICT")
@@ -542,12 +571,17 @@ def _peer_authentication(
         (f"portLevelMtls.{p}", v)
         for p, v in _map(ctx, spec, "portLevelMtls", spec.get("portLevelMtls") or _Map()).items()
     )):
+        port = what.rpartition(".")[2]
+        if what != "mtls" and (not port.isdigit() or not 0 < int(port) < 65536):
+            raise ctx.error(spec, f"portLevelMtls: {port!r} is not a port number")
         if value is None:
             continue
         m = _map(ctx, spec, what, value)
         _check_fields(ctx, m, what, ("mode",))
         if m.get("mode", "UNSET") not in _MTLS_MODES:
             raise ctx.error(m, f"{what}.mode must be one of {', '.join(_MTLS_MODES)}")
+    if spec.get("portLevelMtls") and not spec.get("selector"):
+        raise ctx.error(spec, "portLevelMtls needs a selector (as Istio requires)")
     return Resource(
         kind="PeerAuthentication",
         name=name,
