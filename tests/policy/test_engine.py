@@ -8,7 +8,8 @@ from typing import Any
 
 from extauthz.policy import load_text
 from extauthz.policy.engine import Context, compile_policies
-from tests.policy.conftest import HEADER, engine, evaluate, identity, request
+
+from .helpers import HEADER, engine, evaluate, identity, request
 
 
 def pol(name: str, ns: str, spec: str, annotations: str = "") -> str:

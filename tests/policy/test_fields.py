@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from tests.policy.conftest import allow_rule, engine, evaluate
+from .helpers import allow_rule, engine, evaluate
 
 FRONTEND = "spiffe://example.org/ns/shop/sa/frontend"
 TOKEN = {

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from extauthz.policy import PolicyError, load_directory, load_text
-from tests.policy.conftest import HEADER
+
+from .helpers import HEADER
 
 META = "metadata: {name: p, namespace: shop}\n"
 
