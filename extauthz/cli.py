@@ -47,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--policies", metavar="DIR", default="./policies")
     c.add_argument("--trust-bundle", action="append", default=[], metavar="TD=PATH")
     c.add_argument("--root-namespace", metavar="NS", default="istio-system")
+    c.add_argument(
+        "--explain", action="store_true", help="add the evaluation trace (every rule in scope)"
+    )
     c.add_argument("request", metavar="REQUEST", help="file with a CheckRequest in JSON, - for stdin")
 
     e = sub.add_parser("envoy-config", help="print the Envoy configuration to use with extauthz")
@@ -115,6 +118,9 @@ def _check(args: argparse.Namespace) -> int:
     from extauthz._pb.envoy.service.auth.v3 import external_auth_pb2 as ext
     from extauthz.check import CheckCore
     from extauthz.policy import compile_policies, load_directory
+    from extauthz.policy.engine import REASON_ALLOWED, REASON_DENIED_BY_POLICY, REASON_NO_MATCH
+    from extauthz.policy.explain import explain
+    from extauthz.request import from_check_request
 
     try:
         engine = compile_policies(load_directory(args.policies, root_namespace=args.root_namespace))
@@ -128,6 +134,9 @@ def _check(args: argparse.Namespace) -> int:
         print(f"extauthz check: cannot read the CheckRequest: {exc}", file=sys.stderr)
         return EXIT_USAGE
     _, _record, decision = CheckCore(lambda: engine).check_message(msg)
+    explanation = None
+    if decision.reason in (REASON_ALLOWED, REASON_DENIED_BY_POLICY, REASON_NO_MATCH):
+        explanation = explain(engine, from_check_request(msg), decision.identity)
     out: dict[str, Any] = {
         "allowed": decision.allowed,
         "status": decision.status,
@@ -139,6 +148,15 @@ def _check(args: argparse.Namespace) -> int:
     }
     if decision.error:
         out["error"] = decision.error
+    if explanation is not None:
+        out["explanation"] = explanation.summary
+        out["failed"] = explanation.failed
+        if args.explain:
+            out["trace"] = [t.as_dict() for t in explanation.trace]
+    else:
+        out["explanation"] = f"denied before policy evaluation: {decision.reason}" + (
+            f" ({decision.error})" if decision.error else ""
+        )
     print(json.dumps(out, indent=2))
     return EXIT_OK if decision.allowed else EXIT_DENIED
 
