@@ -103,7 +103,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "envoy-config":
             return _envoy_config(args)
         if args.command == "demo":
-            from extauthz.demo import run_demo
+            from extauthz.devenv.demo import run_demo
 
             return run_demo(args.policies, args.workdir, args.port, args.duration)
     except KeyboardInterrupt:

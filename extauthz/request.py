@@ -167,7 +167,7 @@ def from_check_request(msg: Any) -> RequestView:
         query=query if sep else "",
         headers=MappingProxyType(headers),
         context_extensions=MappingProxyType(dict(attrs.context_extensions)),
-        request_id=http.id or headers.get("x-request-id", ""),
+        request_id=headers.get("x-request-id", "") or http.id,
         protocol=http.protocol,
         scheme=http.scheme,
         sni=attrs.tls_session.sni,

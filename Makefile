@@ -1,0 +1,37 @@
+# extauthz — developer entry points. `make run` and `make test` do all the set-up themselves.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: setup run test lint protos bench-grpc bench-rules bench-cache clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+## Start extauthz behind a real Envoy (mTLS) on the example policies; prints curl commands.
+run: setup
+	$(BIN)/extauthz demo --policies policies
+
+## The whole test suite: generated code fresh, lint, types, unit and end-to-end tests.
+test: setup
+	$(BIN)/python -m extauthz.protogen --check
+	$(BIN)/ruff check extauthz tests bench
+	$(BIN)/mypy extauthz
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check extauthz tests bench
+	$(BIN)/mypy extauthz
+
+## Regenerate extauthz/_pb from protos/.
+protos: setup
+	$(BIN)/python -m extauthz.protogen
+
+clean:
+	rm -rf $(VENV) .demo build *.egg-info .pytest_cache .mypy_cache .ruff_cache

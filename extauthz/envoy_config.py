@@ -1,0 +1,454 @@
+"""Envoy v3 configuration for fronting services with the extauthz service.
+
+Built with the typed classes of ``envoy-data-plane`` (betterproto2), converted to
+proto3-JSON-shaped dicts with snake_case keys (what Envoy's YAML loader accepts)
+and dumped as YAML.  betterproto2 renders ``google.protobuf.Any`` fields as
+``{"@type": URL, ...fields}`` and omits proto3 default values; the security-relevant
+defaults (``failure_mode_allow: false``) are written out explicitly afterwards so a
+reader of the YAML sees them.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import betterproto2
+import yaml
+from envoy_data_plane.envoy.config.bootstrap.v3 import Admin, Bootstrap, BootstrapStaticResources
+from envoy_data_plane.envoy.config.cluster.v3 import Cluster, ClusterDiscoveryType
+from envoy_data_plane.envoy.config.core.v3 import (
+    Address,
+    ApiVersion,
+    DataSource,
+    GrpcService,
+    GrpcServiceEnvoyGrpc,
+    HealthCheck,
+    HealthCheckGrpcHealthCheck,
+    Http1ProtocolOptions,
+    Http2ProtocolOptions,
+    Node,
+    Pipe,
+    SocketAddress,
+    TransportSocket,
+)
+from envoy_data_plane.envoy.config.endpoint.v3 import (
+    ClusterLoadAssignment,
+    Endpoint,
+    LbEndpoint,
+    LocalityLbEndpoints,
+)
+from envoy_data_plane.envoy.config.listener.v3 import Filter, FilterChain, Listener
+from envoy_data_plane.envoy.config.route.v3 import (
+    Route,
+    RouteAction,
+    RouteConfiguration,
+    RouteMatch,
+    VirtualHost,
+)
+from envoy_data_plane.envoy.extensions.filters.http.ext_authz.v3 import (
+    CheckSettings,
+    ExtAuthz,
+    ExtAuthzPerRoute,
+)
+from envoy_data_plane.envoy.extensions.filters.http.router.v3 import Router
+from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import (
+    HttpConnectionManager,
+    HttpConnectionManagerPathWithEscapedSlashesAction,
+    HttpFilter,
+)
+from envoy_data_plane.envoy.extensions.transport_sockets.tls.v3 import (
+    CertificateValidationContext,
+    CommonTlsContext,
+    DownstreamTlsContext,
+    TlsCertificate,
+)
+from envoy_data_plane.envoy.extensions.upstreams.http.v3 import (
+    HttpProtocolOptions,
+    HttpProtocolOptionsExplicitHttpConfig,
+)
+from envoy_data_plane.envoy.type.v3 import HttpStatus, StatusCode
+from envoy_data_plane.google.protobuf import Any as AnyMsg
+
+__all__ = [
+    "EXT_AUTHZ_FILTER_NAME",
+    "DownstreamTls",
+    "authz_cluster",
+    "bootstrap",
+    "ext_authz_filter",
+    "hcm_path_settings",
+    "parse_endpoint",
+    "render_yaml",
+    "snippet",
+    "upstream_cluster",
+]
+
+EXT_AUTHZ_FILTER_NAME = "envoy.filters.http.ext_authz"
+ROUTER_FILTER_NAME = "envoy.filters.http.router"
+HCM_FILTER_NAME = "envoy.filters.network.http_connection_manager"
+TLS_TRANSPORT_SOCKET = "envoy.transport_sockets.tls"
+HTTP_PROTOCOL_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+EXT_AUTHZ_TYPE_URL = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"
+
+Config = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class DownstreamTls:
+    """Files for the listener's TLS: server chain/key, and the CA that client certs must chain to."""
+
+    cert_chain: Path | str
+    private_key: Path | str
+    trusted_ca: Path | str
+    require_client_certificate: bool = True
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _to_dict(msg: betterproto2.Message) -> Config:
+    out: Config = msg.to_dict(casing=betterproto2.Casing.SNAKE)
+    return out
+
+
+def _seconds(value: float) -> datetime.timedelta:
+    return datetime.timedelta(seconds=value)
+
+
+def _explicit_defaults(node: Any) -> Any:
+    """Write out proto3 defaults that matter for security (omitted by proto JSON)."""
+    if isinstance(node, dict):
+        for value in node.values():
+            _explicit_defaults(value)
+        if node.get("@type") == EXT_AUTHZ_TYPE_URL:
+            node.setdefault("failure_mode_allow", False)
+    elif isinstance(node, list):
+        for item in node:
+            _explicit_defaults(item)
+    return node
+
+
+def parse_endpoint(endpoint: str) -> tuple[Address, bool]:
+    """Parse ``HOST:PORT``, ``[V6]:PORT``, ``unix:/path`` or ``unix:///path``.
+
+    Returns the Envoy address and whether it needs DNS resolution (a host name).
+    """
+    if endpoint.startswith("unix:"):
+        path = endpoint[len("unix:") :]
+        if path.startswith("//"):
+            path = path[2:]
+        if not path:
+            raise ValueError(f"empty unix socket path in {endpoint!r}")
+        return Address(pipe=Pipe(path=path)), False
+    host, sep, port_text = endpoint.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise ValueError(f"endpoint {endpoint!r} is not HOST:PORT or unix:/path")
+    port = int(port_text)
+    if not 0 < port < 65536:
+        raise ValueError(f"bad port in {endpoint!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    try:
+        ipaddress.ip_address(host)
+        needs_dns = False
+    except ValueError:
+        needs_dns = True
+    return Address(socket_address=SocketAddress(address=host, port_value=port)), needs_dns
+
+
+def _cluster(
+    name: str,
+    endpoints: Sequence[str],
+    *,
+    http2: bool,
+    connect_timeout_s: float,
+    health_checks: list[HealthCheck] | None = None,
+) -> Cluster:
+    if not endpoints:
+        raise ValueError(f"cluster {name!r} needs at least one endpoint")
+    parsed = [parse_endpoint(e) for e in endpoints]
+    needs_dns = any(dns for _, dns in parsed)
+    if needs_dns and any(addr.pipe is not None for addr, _ in parsed):
+        raise ValueError("cannot mix unix sockets and host names in one cluster")
+    protocol = (
+        HttpProtocolOptionsExplicitHttpConfig(http2_protocol_options=Http2ProtocolOptions())
+        if http2
+        else HttpProtocolOptionsExplicitHttpConfig(http_protocol_options=Http1ProtocolOptions())
+    )
+    return Cluster(
+        name=name,
+        type=ClusterDiscoveryType.STRICT_DNS if needs_dns else ClusterDiscoveryType.STATIC,
+        connect_timeout=_seconds(connect_timeout_s),
+        typed_extension_protocol_options={
+            HTTP_PROTOCOL_OPTIONS_KEY: AnyMsg.pack(HttpProtocolOptions(explicit_http_config=protocol))
+        },
+        load_assignment=ClusterLoadAssignment(
+            cluster_name=name,
+            endpoints=[
+                LocalityLbEndpoints(
+                    lb_endpoints=[LbEndpoint(endpoint=Endpoint(address=addr)) for addr, _ in parsed]
+                )
+            ],
+        ),
+        health_checks=health_checks or [],
+    )
+
+
+# --------------------------------------------------------------------------- typed builders
+
+
+def ext_authz_filter_message(cluster: str = "extauthz", timeout_s: float = 0.25) -> HttpFilter:
+    """The typed ``envoy.filters.http.ext_authz`` HttpFilter (see :func:`ext_authz_filter`)."""
+    config = ExtAuthz(
+        transport_api_version=ApiVersion.V3,
+        grpc_service=GrpcService(
+            envoy_grpc=GrpcServiceEnvoyGrpc(cluster_name=cluster),
+            timeout=_seconds(timeout_s),
+        ),
+        failure_mode_allow=False,
+        include_peer_certificate=True,
+        status_on_error=HttpStatus(code=StatusCode.Forbidden),
+        stat_prefix="extauthz",
+    )
+    return HttpFilter(name=EXT_AUTHZ_FILTER_NAME, typed_config=AnyMsg.pack(config))
+
+
+def router_filter_message() -> HttpFilter:
+    return HttpFilter(name=ROUTER_FILTER_NAME, typed_config=AnyMsg.pack(Router()))
+
+
+def authz_cluster_message(
+    endpoints: Sequence[str],
+    name: str = "extauthz",
+    *,
+    health_check: bool = False,
+    connect_timeout_s: float = 1.0,
+) -> Cluster:
+    """The typed HTTP/2 cluster for the extauthz service (see :func:`authz_cluster`)."""
+    checks = (
+        [
+            HealthCheck(
+                timeout=_seconds(1.0),
+                interval=_seconds(2.0),
+                unhealthy_threshold=1,
+                healthy_threshold=1,
+                grpc_health_check=HealthCheckGrpcHealthCheck(),
+            )
+        ]
+        if health_check
+        else None
+    )
+    return _cluster(name, endpoints, http2=True, connect_timeout_s=connect_timeout_s, health_checks=checks)
+
+
+def _per_route_ext_authz(context_extensions: Mapping[str, str]) -> dict[str, AnyMsg]:
+    per_route = ExtAuthzPerRoute(check_settings=CheckSettings(context_extensions=dict(context_extensions)))
+    return {EXT_AUTHZ_FILTER_NAME: AnyMsg.pack(per_route)}
+
+
+def http_connection_manager_message(
+    *,
+    upstream_cluster: str,
+    authz_cluster_name: str = "extauthz",
+    timeout_s: float = 0.25,
+    context_extensions: Mapping[str, str] | None = None,
+    stat_prefix: str = "ingress_http",
+) -> HttpConnectionManager:
+    """HCM with path normalisation, ext_authz then router, and one route ``/``."""
+    route = Route(
+        match=RouteMatch(prefix="/"),
+        route=RouteAction(cluster=upstream_cluster),
+        typed_per_filter_config=(_per_route_ext_authz(context_extensions) if context_extensions else {}),
+    )
+    return HttpConnectionManager(
+        stat_prefix=stat_prefix,
+        normalize_path=True,
+        merge_slashes=True,
+        path_with_escaped_slashes_action=(HttpConnectionManagerPathWithEscapedSlashesAction.REJECT_REQUEST),
+        use_remote_address=True,
+        route_config=RouteConfiguration(
+            name="local_route",
+            virtual_hosts=[VirtualHost(name="all", domains=["*"], routes=[route])],
+        ),
+        http_filters=[
+            ext_authz_filter_message(authz_cluster_name, timeout_s),
+            router_filter_message(),
+        ],
+    )
+
+
+def downstream_tls_socket(tls: DownstreamTls) -> TransportSocket:
+    context = DownstreamTlsContext(
+        common_tls_context=CommonTlsContext(
+            tls_certificates=[
+                TlsCertificate(
+                    certificate_chain=DataSource(filename=str(tls.cert_chain)),
+                    private_key=DataSource(filename=str(tls.private_key)),
+                )
+            ],
+            validation_context=CertificateValidationContext(
+                trusted_ca=DataSource(filename=str(tls.trusted_ca))
+            ),
+        ),
+        require_client_certificate=tls.require_client_certificate,
+    )
+    return TransportSocket(name=TLS_TRANSPORT_SOCKET, typed_config=AnyMsg.pack(context))
+
+
+def bootstrap_message(
+    *,
+    listen_port: int,
+    admin_port: int,
+    upstream: str,
+    authz_endpoints: Sequence[str],
+    listen_address: str = "127.0.0.1",
+    tls: DownstreamTls | None = None,
+    context_extensions: Mapping[str, str] | None = None,
+    timeout_s: float = 0.25,
+    authz_health_check: bool = False,
+    authz_cluster_name: str = "extauthz",
+    upstream_cluster_name: str = "upstream",
+    node_id: str = "extauthz-dev",
+) -> Bootstrap:
+    """The typed Bootstrap (see :func:`bootstrap`)."""
+    hcm = http_connection_manager_message(
+        upstream_cluster=upstream_cluster_name,
+        authz_cluster_name=authz_cluster_name,
+        timeout_s=timeout_s,
+        context_extensions=context_extensions,
+    )
+    chain = FilterChain(
+        filters=[Filter(name=HCM_FILTER_NAME, typed_config=AnyMsg.pack(hcm))],
+        transport_socket=downstream_tls_socket(tls) if tls is not None else None,
+    )
+    listener = Listener(
+        name="ingress",
+        address=Address(socket_address=SocketAddress(address=listen_address, port_value=listen_port)),
+        filter_chains=[chain],
+    )
+    return Bootstrap(
+        node=Node(id=node_id, cluster="extauthz"),
+        admin=Admin(
+            address=Address(socket_address=SocketAddress(address="127.0.0.1", port_value=admin_port))
+        ),
+        static_resources=BootstrapStaticResources(
+            listeners=[listener],
+            clusters=[
+                authz_cluster_message(authz_endpoints, authz_cluster_name, health_check=authz_health_check),
+                _cluster(upstream_cluster_name, [upstream], http2=False, connect_timeout_s=1.0),
+            ],
+        ),
+    )
+
+
+# --------------------------------------------------------------------------- public dict API
+
+
+def ext_authz_filter(cluster: str = "extauthz", timeout_s: float = 0.25) -> Config:
+    """The ``envoy.filters.http.ext_authz`` http filter as a dict.
+
+    gRPC (V3) to ``cluster`` with a ``timeout_s`` deadline, fail closed
+    (``failure_mode_allow: false``, ``status_on_error: 403``), peer certificate included.
+    """
+    out: Config = _explicit_defaults(_to_dict(ext_authz_filter_message(cluster, timeout_s)))
+    return out
+
+
+def authz_cluster(
+    endpoints: list[str],
+    name: str = "extauthz",
+    *,
+    health_check: bool = False,
+    connect_timeout_s: float = 1.0,
+) -> Config:
+    """The extauthz cluster as a dict: HTTP/2, STATIC (IPs, unix sockets) or STRICT_DNS."""
+    return _to_dict(
+        authz_cluster_message(endpoints, name, health_check=health_check, connect_timeout_s=connect_timeout_s)
+    )
+
+
+def upstream_cluster(endpoint: str, name: str = "upstream") -> Config:
+    """A plain HTTP/1.1 cluster with one endpoint."""
+    return _to_dict(_cluster(name, [endpoint], http2=False, connect_timeout_s=1.0))
+
+
+def hcm_path_settings() -> Config:
+    """The http_connection_manager path settings the policies rely on."""
+    return {
+        "normalize_path": True,
+        "merge_slashes": True,
+        "path_with_escaped_slashes_action": "REJECT_REQUEST",
+    }
+
+
+def bootstrap(
+    *,
+    listen_port: int,
+    admin_port: int,
+    upstream: str,
+    authz_endpoints: Sequence[str],
+    listen_address: str = "127.0.0.1",
+    tls: DownstreamTls | None = None,
+    context_extensions: Mapping[str, str] | None = None,
+    timeout_s: float = 0.25,
+    authz_health_check: bool = False,
+    authz_cluster_name: str = "extauthz",
+    upstream_cluster_name: str = "upstream",
+    node_id: str = "extauthz-dev",
+) -> Config:
+    """A complete static Envoy bootstrap as a dict.
+
+    Admin on 127.0.0.1:``admin_port``; one listener on ``listen_address:listen_port``
+    (downstream mTLS when ``tls`` is given) whose HCM normalises paths, runs ext_authz
+    against ``authz_endpoints`` then routes everything to ``upstream`` (``HOST:PORT``,
+    HTTP/1.1).  ``context_extensions`` are sent with every check of the route.
+    """
+    msg = bootstrap_message(
+        listen_port=listen_port,
+        admin_port=admin_port,
+        upstream=upstream,
+        authz_endpoints=authz_endpoints,
+        listen_address=listen_address,
+        tls=tls,
+        context_extensions=context_extensions,
+        timeout_s=timeout_s,
+        authz_health_check=authz_health_check,
+        authz_cluster_name=authz_cluster_name,
+        upstream_cluster_name=upstream_cluster_name,
+        node_id=node_id,
+    )
+    out: Config = _explicit_defaults(_to_dict(msg))
+    return out
+
+
+def snippet(
+    endpoints: Sequence[str],
+    *,
+    cluster: str = "extauthz",
+    timeout_s: float = 0.25,
+    health_check: bool = True,
+) -> Config:
+    """What to paste into an existing Envoy config (for ``extauthz envoy-config``).
+
+    ``http_connection_manager``: settings to merge into the HCM, with ``http_filters``
+    listing ext_authz before the router; ``clusters``: the extauthz cluster.
+    """
+    return {
+        "http_connection_manager": {
+            **hcm_path_settings(),
+            "http_filters": [
+                ext_authz_filter(cluster, timeout_s),
+                _to_dict(router_filter_message()),
+            ],
+        },
+        "clusters": [authz_cluster(list(endpoints), cluster, health_check=health_check)],
+    }
+
+
+def render_yaml(cfg: Mapping[str, Any]) -> str:
+    """Dump a config dict as YAML (key order kept)."""
+    return yaml.safe_dump(dict(cfg), sort_keys=False, default_flow_style=False)
