@@ -494,35 +494,57 @@ class CompiledPolicy:
 
 
 class _Node:
-    """A path-segment trie node: rules whose every path starts with the segments leading here."""
+    """A path-segment trie node: rules whose every path starts with the segments leading here.
 
-    __slots__ = ("children", "rules")
+    Inside a node, rules whose every source names exact principals are filed by principal too.
+    """
+
+    __slots__ = ("by_principal", "children", "rules")
 
     def __init__(self) -> None:
         self.children: dict[str, _Node] = {}
         self.rules: list[CompiledRule] = []
+        self.by_principal: dict[str, list[CompiledRule]] = {}
 
-    def add(self, segments: Sequence[str], rule: CompiledRule) -> None:
+    def add(self, segments: Sequence[str], rule: CompiledRule, principals: Sequence[str]) -> None:
         node = self
         for s in segments:
             nxt = node.children.get(s)
             if nxt is None:
                 nxt = node.children[s] = _Node()
             node = nxt
-        if not node.rules or node.rules[-1] is not rule:
-            node.rules.append(rule)
+        targets = [node.by_principal.setdefault(p, []) for p in principals] if principals else [node.rules]
+        for lst in targets:
+            if not lst or lst[-1] is not rule:
+                lst.append(rule)
 
-    def lists(self, segments: Sequence[str]) -> Iterator[list[CompiledRule]]:
+    def lists(self, segments: Sequence[str], principal: str) -> Iterator[list[CompiledRule]]:
         node = self
-        if node.rules:
-            yield node.rules
-        for s in segments:
-            nxt = node.children.get(s)
+        for i in range(len(segments) + 1):
+            if node.rules:
+                yield node.rules
+            if node.by_principal:
+                lst = node.by_principal.get(principal)
+                if lst:
+                    yield lst
+            if i == len(segments):
+                return
+            nxt = node.children.get(segments[i])
             if nxt is None:
                 return
             node = nxt
-            if node.rules:
-                yield node.rules
+
+
+def principal_keys(rule: Rule) -> tuple[str, ...]:
+    """The exact principals one of which every request the rule matches has; () if not so."""
+    if not rule.sources:
+        return ()
+    keys: list[str] = []
+    for s in rule.sources:
+        if not s.principals or any("*" in p for p in s.principals):
+            return ()
+        keys.extend(s.principals)
+    return tuple(dict.fromkeys(keys))
 
 
 def _literal_prefix(pattern: str) -> tuple[str, bool]:
@@ -587,8 +609,9 @@ class _ScopeIndex:
                 bucket = by_label[label] = _Bucket()
         else:
             bucket = plain
+        principals = principal_keys(rule.rule)
         for key in path_segments_key(rule.rule):
-            bucket.trie.add(key, rule)
+            bucket.trie.add(key, rule, principals)
 
     def tries(self, req: RequestView) -> list[_Node]:
         out: list[_Node] = []
@@ -610,8 +633,9 @@ class _ScopeIndex:
         """The matching rule first in load order, or None."""
         best: CompiledRule | None = None
         best_order = 1 << 62
+        principal = ctx.identity.principal
         for trie in self.tries(ctx.request):
-            for rules in trie.lists(segments):
+            for rules in trie.lists(segments, principal):
                 for r in rules:
                     if r.order >= best_order:
                         break
@@ -623,8 +647,9 @@ class _ScopeIndex:
     def all_matches(self, ctx: Context, segments: Sequence[str]) -> list[CompiledPolicy]:
         """Every policy with a matching rule, in load order."""
         found: dict[int, CompiledPolicy] = {}
+        principal = ctx.identity.principal
         for trie in self.tries(ctx.request):
-            for rules in trie.lists(segments):
+            for rules in trie.lists(segments, principal):
                 for r in rules:
                     if r.policy.order not in found and r.match(ctx):
                         found[r.policy.order] = r.policy

@@ -185,7 +185,7 @@ PATTERNS = ["/api", "/api/*", "/ap*", "*/items", "*", "/api/{*}", "/{*}/items", 
 def test_index_agrees_with_linear_scan() -> None:
     rnd = random.Random(7)
     docs = []
-    for n in range(60):
+    for n in range(120):
         action = rnd.choice(["ALLOW", "ALLOW", "DENY"])
         ns = rnd.choice(["istio-system", "shop", "bank"])
         sel = rnd.choice(["", "selector: {matchLabels: {app: api}}, ", "selector: {matchLabels: {app: web, v: '1'}}, "])
@@ -203,8 +203,15 @@ def test_index_agrees_with_linear_scan() -> None:
                 if op:
                     ops.append("{operation: {" + ", ".join(op) + "}}")
             rule = f"{{to: [{', '.join(ops)}]}}" if ops else "{}"
-            if rnd.random() < 0.3:
-                rule = rule[:-1] + (", " if ops else "") + "from: [{source: {namespaces: [shop]}}]}"
+            if rnd.random() < 0.5:
+                src = rnd.choice([
+                    "{source: {namespaces: [shop]}}",
+                    "{source: {principals: [example.org/ns/shop/sa/a]}}",
+                    "{source: {principals: [example.org/ns/shop/sa/a, example.org/ns/x/sa/b]}}",
+                    "{source: {principals: [example.org/ns/x/sa/b]}}, {source: {principals: ['*/sa/a']}}",
+                    "{source: {principals: ['example.org/*']}}",
+                ])
+                rule = rule[:-1] + (", " if ops else "") + f"from: [{src}]}}"
             rules.append(rule)
         docs.append(pol(f"p{n}", ns, f"{{action: {action}, {sel}rules: [{', '.join(rules)}]}}"))
     eng = engine("".join(docs))
