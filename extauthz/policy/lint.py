@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from extauthz.policy.engine import path_segments_key
+from extauthz.policy.engine import path_segments_key, principal_keys
 from extauthz.policy.loader import PolicyError, build_policy_set, load_directory, policy_files
 from extauthz.policy.loader import _read_documents as read_documents
 from extauthz.policy.model import ALLOW, DENY, AuthorizationPolicy, Condition, PolicySet, Rule, Source
@@ -435,16 +435,29 @@ def _scope_covers(a: _R, b: _R) -> bool:
 
 
 def _coverage_findings(rules: list[_R]) -> Iterator[Finding]:
-    # Only a rule whose path key is a prefix of B's can cover B: bucket by key.
-    by_key: dict[tuple[str, ...], list[_R]] = {}
+    # Only a rule whose path key is a prefix of B's can cover B, and a rule naming exact
+    # principals only covers B if it names B's too: bucket by both, so a large set stays fast.
+    generic: dict[tuple[str, ...], list[_R]] = {}
+    by_principal: dict[tuple[tuple[str, ...], str], list[_R]] = {}
     keys: dict[int, list[tuple[str, ...]]] = {}
+    principals: dict[int, tuple[str, ...]] = {}
     for r in rules:
         keys[r.order] = path_segments_key(r.rule)
+        principals[r.order] = principal_keys(r.rule)
         for k in keys[r.order]:
-            by_key.setdefault(k, []).append(r)
+            if principals[r.order]:
+                for p in principals[r.order]:
+                    by_principal.setdefault((k, p), []).append(r)
+            else:
+                generic.setdefault(k, []).append(r)
     for b in rules:
         first = keys[b.order][0]
-        candidates = [a for n in range(len(first) + 1) for a in by_key.get(first[:n], ())]
+        b_principal = principals[b.order][0] if principals[b.order] else None
+        candidates: list[_R] = []
+        for n in range(len(first) + 1):
+            candidates.extend(generic.get(first[:n], ()))
+            if b_principal is not None:
+                candidates.extend(by_principal.get((first[:n], b_principal), ()))
         seen: set[int] = set()
         shadow: _R | None = None
         denied: _R | None = None

@@ -122,3 +122,12 @@ def test_cli_exit_codes_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[s
     assert main(["lint", "--format", "json", str(tmp_path)]) == 1
     out = json.loads(capsys.readouterr().out)
     assert not out["ok"] and out["errors"] == 1 and out["findings"][0]["file"].endswith("q.yaml")
+
+
+def test_shadowed_among_exact_principals() -> None:
+    text = pol("a", "{rules: [{from: [{source: {principals: [x/ns/a/sa/1, x/ns/a/sa/2]}}], to: [{operation: {paths: ['/api/*']}}]}]}")
+    text += pol("b", "{rules: [{from: [{source: {principals: [x/ns/a/sa/2]}}], to: [{operation: {paths: [/api/x]}}]}]}")
+    text += pol("c", "{rules: [{from: [{source: {principals: [x/ns/a/sa/3]}}], to: [{operation: {paths: [/api/x]}}]}]}")
+    found = codes(text)
+    assert ("shadowed", "istio-system/b", 0) in found
+    assert ("shadowed", "istio-system/c", 0) not in found
