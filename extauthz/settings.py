@@ -44,7 +44,8 @@ class Settings:
             raise SettingsError("workers must be at least 1")
         if self.threads < 1:
             raise SettingsError("threads must be at least 1")
-        if not isinstance(self.xff_num_trusted_hops, int) or self.xff_num_trusted_hops < 0:
+        hops = self.xff_num_trusted_hops
+        if not isinstance(hops, int) or isinstance(hops, bool) or hops < 0:
             raise SettingsError("xff_num_trusted_hops must be a whole number >= 0")
         for tb in self.trust_bundle:
             td, sep, path = tb.partition("=")
