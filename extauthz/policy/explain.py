@@ -83,15 +83,15 @@ def explain(engine: Engine, request: RequestView, identity: Identity) -> Explana
         else:
             # The ALLOW rule that came closest (most of its checks hold; first in load order on
             # a tie) is the one the caller most likely meant: report its first failed condition.
-            best: tuple[float, int] | None = None
+            best: float | None = None
             for cp in policies:
                 if cp.policy.action != ALLOW or cp.policy.dry_run:
                     continue
                 for r in cp.rules:
                     checks = [c for g in (*r.sources, *r.operations) for c in g] + list(r.conditions)
                     score = sum(c.test(ctx) for c in checks) / len(checks) if checks else 1.0
-                    if best is None or score > best[0]:
-                        best = (score, len(trace))
+                    if best is None or score > best:
+                        best = score
                         failed_first = f"{cp.ref} {r.first_failure(ctx)}"
             summary = "denied: no ALLOW rule matched" + (
                 f"; closest rule failed first on {failed_first}" if failed_first else ""
