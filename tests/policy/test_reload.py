@@ -209,15 +209,19 @@ def _free_port() -> int:
 
 @pytest.mark.skipif(sys.platform != "linux", reason="signals")
 def test_sighup_reloads_a_running_server(tmp_path: Path) -> None:
-    pdir = tmp_path / "policies"
-    pdir.mkdir()
-    policy = pdir / "p.yaml"
-    write_atomically(policy, policy_set("A"))
+    # --policies is a symlink; repointing it is invisible to the directory watcher (it watches the
+    # old target), so only SIGHUP can bring the new set in.
+    (tmp_path / "set-a").mkdir()
+    (tmp_path / "set-b").mkdir()
+    write_atomically(tmp_path / "set-a" / "p.yaml", policy_set("A"))
+    write_atomically(tmp_path / "set-b" / "p.yaml", policy_set("B"))
+    link = tmp_path / "policies"
+    link.symlink_to(tmp_path / "set-a")
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "extauthz", "serve", "--policies", str(pdir), "--listen", f"127.0.0.1:{port}",
+        [sys.executable, "-m", "extauthz", "serve", "--policies", str(link), "--listen", f"127.0.0.1:{port}",
          "--audit-log", str(tmp_path / "audit.jsonl")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
@@ -229,8 +233,11 @@ def test_sighup_reloads_a_running_server(tmp_path: Path) -> None:
             return ext.CheckResponse.FromString(data).status.code == 0
 
         assert allowed("/a") and not allowed("/b")
-        # The watcher would pick this up too; SIGHUP must work on its own, so compare quickly.
-        write_atomically(policy, policy_set("B"))
+        tmp_link = tmp_path / "policies.new"
+        tmp_link.symlink_to(tmp_path / "set-b")
+        os.replace(tmp_link, link)
+        time.sleep(1.0)
+        assert allowed("/a"), "changed without SIGHUP: the watcher saw the swap"
         proc.send_signal(signal.SIGHUP)
         deadline = time.monotonic() + 10
         while allowed("/a") and time.monotonic() < deadline:
