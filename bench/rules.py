@@ -3,8 +3,9 @@
     python bench/rules.py [--seconds 1.0] [--sizes 10,1000,10000] [--scenarios mesh,principals]
 
 In-process (CheckCore.check on serialized CheckRequests: parse, view, identity, policy,
-response), no network, one invocation, bounded: each point runs for ``--seconds`` (best of three
-windows: the machine is shared). Prints a table and saves JSON under bench/results/.
+response), no network, one invocation, bounded: each point runs for ``--seconds``: three windows
+measured round-robin across the sizes, best kept (the machine is shared). Prints a table and
+saves JSON under bench/results/
 
 Scenario ``mesh``: 10 rules per policy, a fifth of the policies in the root namespace (they apply
 everywhere, told apart by path), the rest spread over namespaces, plus a root DENY. The matching
@@ -100,31 +101,26 @@ def principals_requests(rules: int) -> dict[str, bytes]:
 SCENARIOS = {"mesh": (policy_text, requests), "principals": (principals_text, principals_requests)}
 
 
-def measure(core: CheckCore, data: bytes, seconds: float, windows: int = 3) -> float:
-    """Checks/s: the best of ``windows`` windows (the machine is shared; the best is the least
-    disturbed), ``seconds`` in all."""
+def window(core: CheckCore, data: bytes, seconds: float) -> float:
+    """Checks/s over one window of ``seconds``."""
     check = core.check
-    for _ in range(200):  # warm up
-        check(data)
-    best = 0.0
-    for _ in range(windows):
-        n = 0
-        start = time.perf_counter()
-        deadline = start + seconds / windows
-        while True:
-            for _ in range(100):
-                check(data)
-            n += 100
-            now = time.perf_counter()
-            if now >= deadline:
-                break
-        best = max(best, n / (now - start))
-    return best
+    n = 0
+    start = time.perf_counter()
+    deadline = start + seconds
+    while True:
+        for _ in range(100):
+            check(data)
+        n += 100
+        now = time.perf_counter()
+        if now >= deadline:
+            return n / (now - start)
 
 
-def run(scenario: str, sizes: list[int], seconds: float) -> list[dict[str, Any]]:
+def run(scenario: str, sizes: list[int], seconds: float, rounds: int = 3) -> list[dict[str, Any]]:
+    """Build every size's engine, then measure round-robin (each point once per round, keeping the
+    best): load from other processes on the machine then hits every size alike."""
     make_text, make_requests = SCENARIOS[scenario]
-    rows: list[dict[str, Any]] = []
+    points: list[tuple[dict[str, Any], CheckCore, dict[str, bytes]]] = []
     for size in sizes:
         t0 = time.perf_counter()
         policies = load_text(make_text(size))
@@ -132,23 +128,33 @@ def run(scenario: str, sizes: list[int], seconds: float) -> list[dict[str, Any]]
         engine = compile_policies(policies)
         t2 = time.perf_counter()
         core = CheckCore(lambda engine=engine: engine)  # type: ignore[misc]
-        expect = {"match": True, "no_match": False}
+        reqs = make_requests(size)
+        for name, data in reqs.items():
+            _, _, decision = core.check(data)
+            assert decision.allowed is (name == "match"), (scenario, size, name, decision)
+            for _ in range(200):  # warm up
+                core.check(data)
         row: dict[str, Any] = {
             "scenario": scenario,
             "rules": sum(len(p.rules) for p in policies.authorization),
             "policies": len(policies.authorization),
             "load_s": round(t1 - t0, 3),
             "compile_s": round(t2 - t1, 3),
+            "match": 0.0,
+            "no_match": 0.0,
         }
-        for name, data in make_requests(size).items():
-            _, _, decision = core.check(data)
-            assert decision.allowed is expect[name], (scenario, size, name, decision)
-            row[name] = round(measure(core, data, seconds))
-        rows.append(row)
+        points.append((row, core, reqs))
+    for _ in range(rounds):
+        for row, core, reqs in points:
+            for name, data in reqs.items():
+                row[name] = max(row[name], window(core, data, seconds / rounds))
+    rows = [row for row, _, _ in points]
     base = rows[0]
     for row in rows:
         for name in ("match", "no_match"):
             row[f"{name}_ratio"] = round(base[name] / row[name], 3)  # slowdown vs the first size
+    for row in rows:
+        row["match"], row["no_match"] = round(row["match"]), round(row["no_match"])
     return rows
 
 
