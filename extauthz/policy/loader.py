@@ -63,6 +63,8 @@ def _construct_map(loader: _StrictLoader, node: yaml.MappingNode) -> _Map:
     out.line = node.start_mark.line + 1
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=True)
+        if isinstance(key, int) and not isinstance(key, bool):
+            key = str(key)  # port numbers as keys (portLevelMtls: {8080: ...})
         if not isinstance(key, str):
             raise yaml.constructor.ConstructorError(
                 None, None, f"mapping key {key!r} is not a string", key_node.start_mark

@@ -77,6 +77,21 @@ def test_error_names_the_line(tmp_path: Path) -> None:
         HEADER + "metadata: {name: p, name: q}\n",  # duplicate key
         "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\n" + META
         + "spec: {jwtRules: [{issuer: a, jwksURI: b}]}\n",
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\n" + META + "spec: {jwtRules: [{issuer: ''}]}\n",
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\n" + META
+        + "spec: {jwtRules: [{issuer: a, jwksUri: u, jwks: k}]}\n",
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\n" + META
+        + "spec: {jwtRules: [{issuer: a, fromHeaders: [{name: x, prefx: b}]}]}\n",
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\n" + META
+        + "spec: {jwtRules: [{issuer: a, audiences: api}]}\n",
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\n" + META
+        + "spec: {jwtRules: [{issuer: a, forwardOriginalToken: 'yes'}]}\n",
+        "apiVersion: security.istio.io/v1\nkind: RequestAuthentication\n" + META
+        + "spec: {jwtRules: [{issuer: a, outputClaimToHeaders: [{header: x}]}]}\n",
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\n" + META
+        + "spec: {selector: {matchLabels: {a: b}}, portLevelMtls: {http: {mode: STRICT}}}\n",
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\n" + META
+        + "spec: {portLevelMtls: {'8080': {mode: STRICT}}}\n",
         "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\n" + META + "spec: {mtls: {mode: LAX}}\n",
         "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\n" + META + "spec: {mtls: {mod: STRICT}}\n",
     ],
@@ -104,3 +119,13 @@ def test_unsupported_field_of_request_authentication_is_refused_and_known_ones_l
         "    jwksUri: https://i/jwks\n    audiences: [api]\n    fromHeaders: [{name: x-jwt, prefix: 'Bearer '}]\n"
     )
     assert load_text(ok).request_authentication[0].name == "p"
+
+
+def test_port_level_mtls_with_numeric_port_keys() -> None:
+    text = (
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\n" + META
+        + "spec:\n  selector: {matchLabels: {app: api}}\n  mtls: {mode: STRICT}\n"
+        "  portLevelMtls:\n    8080:\n      mode: DISABLE\n"
+    )
+    [pa] = load_text(text).peer_authentication
+    assert pa.spec["portLevelMtls"]["8080"]["mode"] == "DISABLE"
