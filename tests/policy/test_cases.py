@@ -85,3 +85,11 @@ def test_bad_cases_file_is_usage_error(tmp_path: Path, cases: str, capsys: pytes
     d, c = setup(tmp_path, cases)
     assert main(["test", d, c]) == 2
     assert "extauthz test:" in capsys.readouterr().err
+
+
+def test_shipped_example_cases_pass(capsys: pytest.CaptureFixture[str]) -> None:
+    repo = Path(__file__).resolve().parents[2]
+    rc = main(["test", str(repo / "policies"), str(repo / "examples" / "policy-cases.yaml")])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "8 passed, 0 failed" in out
