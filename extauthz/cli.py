@@ -75,11 +75,28 @@ def _parser() -> argparse.ArgumentParser:
         metavar="ADDR",
         help="extauthz address(es) as Envoy should reach them (default 127.0.0.1:9191)",
     )
-    e.add_argument("--timeout", type=float, default=0.25, metavar="SECONDS")
+    e.add_argument("--timeout", type=float, default=0.25, metavar="SECONDS",
+                   help="deadline of one check (0.25)")
+    e.add_argument("--status-on-error", type=int, default=403, metavar="CODE",
+                   help="HTTP status when extauthz cannot answer in time (403)")
+    e.add_argument("--no-health-check", action="store_true",
+                   help="leave out the cluster's active gRPC health check")
+    e.add_argument("--context-extension", action="append", default=[], metavar="KEY=VALUE",
+                   help="sent with every check of the route, e.g. namespace=shop (repeatable)")
     e.add_argument("--bootstrap", action="store_true", help="print a complete Envoy bootstrap")
+    e.add_argument("--listen-address", default="127.0.0.1", help="with --bootstrap")
     e.add_argument("--listen-port", type=int, default=10000, help="with --bootstrap")
     e.add_argument("--upstream", default="127.0.0.1:8080", help="with --bootstrap: HOST:PORT")
     e.add_argument("--admin-port", type=int, default=9901, help="with --bootstrap")
+
+    h = sub.add_parser(
+        "healthcheck", help="exit 0 when a running extauthz answers gRPC health SERVING"
+    )
+    h.add_argument("--address", default="127.0.0.1:9191", metavar="ADDR",
+                   help="HOST:PORT or unix:/PATH of the service (127.0.0.1:9191)")
+    h.add_argument("--service", default="", metavar="NAME",
+                   help="health service name ('' is the whole server)")
+    h.add_argument("--timeout", type=float, default=2.0, metavar="SECONDS")
 
     d = sub.add_parser("demo", help="run extauthz behind a real Envoy with mTLS on example policies")
     d.add_argument("--policies", metavar="DIR", default="./policies")
@@ -102,6 +119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _test(args)
         if args.command == "envoy-config":
             return _envoy_config(args)
+        if args.command == "healthcheck":
+            return _healthcheck(args)
         if args.command == "demo":
             from extauthz.devenv.demo import run_demo
 
@@ -232,18 +251,61 @@ def _envoy_config(args: argparse.Namespace) -> int:
     from extauthz import envoy_config
 
     endpoints = args.endpoint or ["127.0.0.1:9191"]
-    if args.bootstrap:
-        cfg = envoy_config.bootstrap(
-            listen_port=args.listen_port,
-            upstream=args.upstream,
-            authz_endpoints=endpoints,
-            admin_port=args.admin_port,
-            timeout_s=args.timeout,
-        )
-    else:
-        cfg = envoy_config.snippet(endpoints, timeout_s=args.timeout)
+    extensions: dict[str, str] = {}
+    for item in args.context_extension:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            print(f"extauthz envoy-config: --context-extension {item!r}: expected KEY=VALUE",
+                  file=sys.stderr)
+            return EXIT_USAGE
+        extensions[key] = value
+    try:
+        if args.bootstrap:
+            cfg = envoy_config.bootstrap(
+                listen_port=args.listen_port,
+                listen_address=args.listen_address,
+                upstream=args.upstream,
+                authz_endpoints=endpoints,
+                admin_port=args.admin_port,
+                timeout_s=args.timeout,
+                status_on_error=args.status_on_error,
+                authz_health_check=not args.no_health_check,
+                context_extensions=extensions or None,
+            )
+        else:
+            cfg = envoy_config.snippet(
+                endpoints,
+                timeout_s=args.timeout,
+                status_on_error=args.status_on_error,
+                health_check=not args.no_health_check,
+                context_extensions=extensions or None,
+            )
+    except ValueError as exc:
+        print(f"extauthz envoy-config: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     sys.stdout.write(envoy_config.render_yaml(cfg))
     return EXIT_OK
+
+
+def _healthcheck(args: argparse.Namespace) -> int:
+    """grpc.health.v1.Health/Check against a running service (the image's HEALTHCHECK)."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    target = args.address
+    if target.startswith("unix:") and not target.startswith("unix://"):
+        target = "unix://" + target[len("unix:") :]
+    with grpc.insecure_channel(target) as channel:
+        try:
+            resp = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
+            )
+        except grpc.RpcError as exc:
+            print(f"extauthz healthcheck: {args.address}: {exc.code().name}", file=sys.stderr)
+            return EXIT_DENIED
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+    print(status)
+    return EXIT_OK if resp.status == health_pb2.HealthCheckResponse.SERVING else EXIT_DENIED
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -33,6 +33,8 @@ from envoy_data_plane.envoy.config.core.v3 import (
     Http2ProtocolOptions,
     Node,
     Pipe,
+    RetryPolicy,
+    RetryPolicyRetryHostPredicate,
     SocketAddress,
     TransportSocket,
 )
@@ -61,6 +63,7 @@ from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v
     HttpConnectionManagerPathWithEscapedSlashesAction,
     HttpFilter,
 )
+from envoy_data_plane.envoy.extensions.retry.host.previous_hosts.v3 import PreviousHostsPredicate
 from envoy_data_plane.envoy.extensions.transport_sockets.tls.v3 import (
     CertificateValidationContext,
     CommonTlsContext,
@@ -75,6 +78,7 @@ from envoy_data_plane.envoy.type.v3 import HttpStatus, StatusCode
 from envoy_data_plane.google.protobuf import Any as AnyMsg
 
 __all__ = [
+    "AUTHZ_HEALTH_SERVICE",
     "EXT_AUTHZ_FILTER_NAME",
     "DownstreamTls",
     "authz_cluster",
@@ -84,6 +88,7 @@ __all__ = [
     "parse_endpoint",
     "render_yaml",
     "snippet",
+    "status_code",
     "upstream_cluster",
 ]
 
@@ -93,6 +98,9 @@ HCM_FILTER_NAME = "envoy.filters.network.http_connection_manager"
 TLS_TRANSPORT_SOCKET = "envoy.transport_sockets.tls"
 HTTP_PROTOCOL_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 EXT_AUTHZ_TYPE_URL = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"
+# The gRPC health service name Envoy's active health check asks for: SERVING once a policy set
+# is loaded, NOT_SERVING from the moment the service starts draining.
+AUTHZ_HEALTH_SERVICE = "envoy.service.auth.v3.Authorization"
 
 Config = dict[str, Any]
 
@@ -201,17 +209,48 @@ def _cluster(
 # --------------------------------------------------------------------------- typed builders
 
 
-def ext_authz_filter_message(cluster: str = "extauthz", timeout_s: float = 0.25) -> HttpFilter:
+def status_code(code: int) -> StatusCode:
+    """An HTTP status Envoy can send (``status_on_error``); ValueError for anything else."""
+    if code not in StatusCode._value2member_map_ or code < 200:
+        raise ValueError(f"{code} is not an HTTP status code Envoy can send")
+    return StatusCode(code)
+
+
+def _check_retry_policy() -> RetryPolicy:
+    """Retry a check that never reached a replica (one draining or gone) on another one.
+
+    Only failures where the service cannot have answered: no connection, a refused stream, or
+    UNAVAILABLE (what a stopping grpcio server answers). A deny is never retried.
+    """
+    return RetryPolicy(
+        retry_on="connect-failure,refused-stream,unavailable",
+        num_retries=2,
+        retry_host_predicate=[
+            RetryPolicyRetryHostPredicate(
+                name="envoy.retry_host_predicates.previous_hosts",
+                typed_config=AnyMsg.pack(PreviousHostsPredicate()),
+            )
+        ],
+        host_selection_retry_max_attempts=3,
+    )
+
+
+def ext_authz_filter_message(
+    cluster: str = "extauthz", timeout_s: float = 0.25, status_on_error: int = 403
+) -> HttpFilter:
     """The typed ``envoy.filters.http.ext_authz`` HttpFilter (see :func:`ext_authz_filter`)."""
+    if timeout_s <= 0:
+        raise ValueError("the ext_authz timeout must be positive")
     config = ExtAuthz(
         transport_api_version=ApiVersion.V3,
         grpc_service=GrpcService(
             envoy_grpc=GrpcServiceEnvoyGrpc(cluster_name=cluster),
             timeout=_seconds(timeout_s),
+            retry_policy=_check_retry_policy(),
         ),
         failure_mode_allow=False,
         include_peer_certificate=True,
-        status_on_error=HttpStatus(code=StatusCode.Forbidden),
+        status_on_error=HttpStatus(code=status_code(status_on_error)),
         stat_prefix="extauthz",
     )
     return HttpFilter(name=EXT_AUTHZ_FILTER_NAME, typed_config=AnyMsg.pack(config))
@@ -234,9 +273,12 @@ def authz_cluster_message(
             HealthCheck(
                 timeout=_seconds(1.0),
                 interval=_seconds(2.0),
+                # Envoy's default for a cluster that has had no traffic yet is 60 s between
+                # checks: a replica that went away would keep being chosen for a minute.
+                no_traffic_interval=_seconds(2.0),
                 unhealthy_threshold=1,
                 healthy_threshold=1,
-                grpc_health_check=HealthCheckGrpcHealthCheck(),
+                grpc_health_check=HealthCheckGrpcHealthCheck(service_name=AUTHZ_HEALTH_SERVICE),
             )
         ]
         if health_check
@@ -250,6 +292,14 @@ def _per_route_ext_authz(context_extensions: Mapping[str, str]) -> dict[str, Any
     return {EXT_AUTHZ_FILTER_NAME: AnyMsg.pack(per_route)}
 
 
+# The HCM settings that make every path Envoy sends canonical (what policies compare against).
+_PATH_SETTINGS: dict[str, Any] = {
+    "normalize_path": True,
+    "merge_slashes": True,
+    "path_with_escaped_slashes_action": HttpConnectionManagerPathWithEscapedSlashesAction.REJECT_REQUEST,
+}
+
+
 def http_connection_manager_message(
     *,
     upstream_cluster: str,
@@ -257,6 +307,7 @@ def http_connection_manager_message(
     timeout_s: float = 0.25,
     context_extensions: Mapping[str, str] | None = None,
     stat_prefix: str = "ingress_http",
+    status_on_error: int = 403,
 ) -> HttpConnectionManager:
     """HCM with path normalisation, ext_authz then router, and one route ``/``."""
     route = Route(
@@ -266,16 +317,14 @@ def http_connection_manager_message(
     )
     return HttpConnectionManager(
         stat_prefix=stat_prefix,
-        normalize_path=True,
-        merge_slashes=True,
-        path_with_escaped_slashes_action=(HttpConnectionManagerPathWithEscapedSlashesAction.REJECT_REQUEST),
+        **_PATH_SETTINGS,
         use_remote_address=True,
         route_config=RouteConfiguration(
             name="local_route",
             virtual_hosts=[VirtualHost(name="all", domains=["*"], routes=[route])],
         ),
         http_filters=[
-            ext_authz_filter_message(authz_cluster_name, timeout_s),
+            ext_authz_filter_message(authz_cluster_name, timeout_s, status_on_error),
             router_filter_message(),
         ],
     )
@@ -313,6 +362,7 @@ def bootstrap_message(
     authz_cluster_name: str = "extauthz",
     upstream_cluster_name: str = "upstream",
     node_id: str = "extauthz-dev",
+    status_on_error: int = 403,
 ) -> Bootstrap:
     """The typed Bootstrap (see :func:`bootstrap`)."""
     hcm = http_connection_manager_message(
@@ -320,6 +370,7 @@ def bootstrap_message(
         authz_cluster_name=authz_cluster_name,
         timeout_s=timeout_s,
         context_extensions=context_extensions,
+        status_on_error=status_on_error,
     )
     chain = FilterChain(
         filters=[Filter(name=HCM_FILTER_NAME, typed_config=AnyMsg.pack(hcm))],
@@ -348,13 +399,18 @@ def bootstrap_message(
 # --------------------------------------------------------------------------- public dict API
 
 
-def ext_authz_filter(cluster: str = "extauthz", timeout_s: float = 0.25) -> Config:
+def ext_authz_filter(
+    cluster: str = "extauthz", timeout_s: float = 0.25, status_on_error: int = 403
+) -> Config:
     """The ``envoy.filters.http.ext_authz`` http filter as a dict.
 
     gRPC (V3) to ``cluster`` with a ``timeout_s`` deadline, fail closed
-    (``failure_mode_allow: false``, ``status_on_error: 403``), peer certificate included.
+    (``failure_mode_allow: false``; an error or timeout answers ``status_on_error``, 403 by
+    default), peer certificate included.
     """
-    out: Config = _explicit_defaults(_to_dict(ext_authz_filter_message(cluster, timeout_s)))
+    out: Config = _explicit_defaults(
+        _to_dict(ext_authz_filter_message(cluster, timeout_s, status_on_error))
+    )
     return out
 
 
@@ -378,11 +434,7 @@ def upstream_cluster(endpoint: str, name: str = "upstream") -> Config:
 
 def hcm_path_settings() -> Config:
     """The http_connection_manager path settings the policies rely on."""
-    return {
-        "normalize_path": True,
-        "merge_slashes": True,
-        "path_with_escaped_slashes_action": "REJECT_REQUEST",
-    }
+    return _to_dict(HttpConnectionManager(**_PATH_SETTINGS))
 
 
 def bootstrap(
@@ -399,6 +451,7 @@ def bootstrap(
     authz_cluster_name: str = "extauthz",
     upstream_cluster_name: str = "upstream",
     node_id: str = "extauthz-dev",
+    status_on_error: int = 403,
 ) -> Config:
     """A complete static Envoy bootstrap as a dict.
 
@@ -420,6 +473,7 @@ def bootstrap(
         authz_cluster_name=authz_cluster_name,
         upstream_cluster_name=upstream_cluster_name,
         node_id=node_id,
+        status_on_error=status_on_error,
     )
     out: Config = _explicit_defaults(_to_dict(msg))
     return out
@@ -431,22 +485,30 @@ def snippet(
     cluster: str = "extauthz",
     timeout_s: float = 0.25,
     health_check: bool = True,
+    status_on_error: int = 403,
+    context_extensions: Mapping[str, str] | None = None,
 ) -> Config:
     """What to paste into an existing Envoy config (for ``extauthz envoy-config``).
 
     ``http_connection_manager``: settings to merge into the HCM, with ``http_filters``
-    listing ext_authz before the router; ``clusters``: the extauthz cluster.
+    listing ext_authz before the router; ``clusters``: the extauthz cluster. With
+    ``context_extensions``, also ``route_typed_per_filter_config``: the value of a route's (or
+    virtual host's) ``typed_per_filter_config`` that sends them with every check.
     """
-    return {
+    out: Config = {
         "http_connection_manager": {
             **hcm_path_settings(),
             "http_filters": [
-                ext_authz_filter(cluster, timeout_s),
+                ext_authz_filter(cluster, timeout_s, status_on_error),
                 _to_dict(router_filter_message()),
             ],
         },
         "clusters": [authz_cluster(list(endpoints), cluster, health_check=health_check)],
     }
+    if context_extensions:
+        per_route = _per_route_ext_authz(context_extensions)
+        out["route_typed_per_filter_config"] = {k: _to_dict(v) for k, v in per_route.items()}
+    return out
 
 
 def render_yaml(cfg: Mapping[str, Any]) -> str:

@@ -40,7 +40,10 @@ def test_ext_authz_filter_fails_closed() -> None:
     assert tc["failure_mode_allow"] is False
     assert tc["include_peer_certificate"] is True
     assert tc["status_on_error"] == {"code": "Forbidden"}
-    assert tc["grpc_service"] == {"envoy_grpc": {"cluster_name": "extauthz"}, "timeout": "0.250s"}
+    grpc = tc["grpc_service"]
+    assert grpc["envoy_grpc"] == {"cluster_name": "extauthz"}
+    assert grpc["timeout"] == "0.250s"
+    assert grpc["retry_policy"]["retry_on"] == "connect-failure,refused-stream,unavailable"
 
 
 def test_authz_cluster_http2_and_endpoints() -> None:
