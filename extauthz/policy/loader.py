@@ -587,13 +587,20 @@ def _peer_authentication(
         _check_fields(ctx, m, what, ("mode",))
         if m.get("mode", "UNSET") not in _MTLS_MODES:
             raise ctx.error(m, f"{what}.mode must be one of {', '.join(_MTLS_MODES)}")
-    if spec.get("portLevelMtls") and not spec.get("selector"):
-        raise ctx.error(spec, "portLevelMtls needs a selector (as Istio requires)")
+    selector = _selector(ctx, spec)
+    if "portLevelMtls" in spec and spec["portLevelMtls"] is not None:
+        if not spec["portLevelMtls"]:
+            raise ctx.error(spec, "portLevelMtls, when present, needs at least one port")
+        if not selector:
+            raise ctx.error(
+                spec, "portLevelMtls needs a selector with matchLabels (as Istio requires: a "
+                "mesh- or namespace-wide PeerAuthentication cannot have port-level mTLS)"
+            )
     return Resource(
         kind="PeerAuthentication",
         name=name,
         namespace=namespace,
         spec=spec,
-        selector=_selector(ctx, spec),
+        selector=selector,
         where=where,
     )

@@ -92,6 +92,10 @@ def test_error_names_the_line(tmp_path: Path) -> None:
         + "spec: {selector: {matchLabels: {a: b}}, portLevelMtls: {http: {mode: STRICT}}}\n",
         "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\n" + META
         + "spec: {portLevelMtls: {'8080': {mode: STRICT}}}\n",
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\n" + META
+        + "spec: {selector: {matchLabels: {}}, portLevelMtls: {'8080': {mode: STRICT}}}\n",
+        "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\n" + META
+        + "spec: {selector: {matchLabels: {a: b}}, portLevelMtls: {}}\n",
         "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\n" + META + "spec: {mtls: {mode: LAX}}\n",
         "apiVersion: security.istio.io/v1\nkind: PeerAuthentication\n" + META + "spec: {mtls: {mod: STRICT}}\n",
     ],
