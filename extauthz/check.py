@@ -18,8 +18,14 @@ from google.protobuf.message import DecodeError
 from extauthz import response
 from extauthz._pb.envoy.service.auth.v3 import external_auth_pb2 as ext
 from extauthz.audit import rfc3339_now
-from extauthz.identity import Identity, establish
-from extauthz.policy.engine import Engine
+from extauthz.authn import (
+    MISSING_TOKEN_CHALLENGE,
+    REASON_AUTHN_REQUIRED,
+    IdentityContext,
+    IdentityResolver,
+)
+from extauthz.identity import Identity
+from extauthz.policy.engine import REASON_NO_MATCH, Engine
 from extauthz.request import RequestView, from_check_request
 
 log = logging.getLogger("extauthz.check")
@@ -47,33 +53,64 @@ class Decision:
     dry_run: tuple[tuple[str, str], ...] = ()
     headers: tuple[tuple[str, str], ...] = ()  # identity headers set on allow
     cache: str = "miss"
+    remove_headers: tuple[str, ...] = ()  # request headers stripped on allow (XFCC, the token)
+    challenge: str | None = None  # WWW-Authenticate of a 401
+
+
+# For callers of decide() without a resolver: no bundles, no trusted proxies; remote key sets
+# shared across calls (never a fetch per call).
+_DEFAULT_IDENTITY = IdentityContext()
 
 
 def new_decision_id() -> str:
     return uuid.uuid4().hex
 
 
-def decide(engine: Engine | None, req: RequestView) -> Decision:
-    """Decide one request. Pure: no I/O, no clock."""
+def decide(
+    engine: Engine | None, req: RequestView, resolver: IdentityResolver | None = None
+) -> Decision:
+    """Decide one request. No I/O of its own; token expiry reads the clock.
+
+    ``resolver`` is the identity step for ``engine``'s policy generation (built from its
+    RequestAuthentication / PeerAuthentication and the trust bundles); without one, a resolver
+    with no bundles and no trusted proxies is used (cached per policy set).
+    """
     decision_id = req.request_id or new_decision_id()
     if engine is None:
         return Decision(False, 403, REASON_NO_POLICY, decision_id)
     if req.problem is not None:
         return Decision(False, 400, REASON_INVALID_PATH, decision_id, error=req.problem)
-    identity = establish(req)
-    if req.source.principal and identity.peer is None:
+    if resolver is None:
+        resolver = _DEFAULT_IDENTITY.resolver(engine.policies)
+    who = resolver.resolve(req)
+    if who.denied:
         return Decision(
             False,
-            403,
-            REASON_INVALID_PEER,
+            who.status,
+            who.reason,
+            decision_id,
+            identity=who.identity,
+            error=who.error,
+            challenge=who.challenge,
+        )
+    identity = who.identity
+    verdict = engine.evaluate(req, identity)
+    if who.token_missing and verdict.reason == REASON_NO_MATCH:
+        # No ALLOW matched, no DENY either, and the request brought no token where a
+        # RequestAuthentication applies: ask for credentials (401) rather than refuse (403).
+        return Decision(
+            False,
+            401,
+            REASON_AUTHN_REQUIRED,
             decision_id,
             identity=identity,
-            error="source principal is not a valid SPIFFE ID",
+            audit_policies=verdict.audit,
+            dry_run=verdict.dry_run,
+            challenge=MISSING_TOKEN_CHALLENGE,
         )
-    verdict = engine.evaluate(req, identity)
-    headers: tuple[tuple[str, str], ...] = ()
+    headers = who.headers
     if verdict.allowed and identity.peer is not None:
-        headers = (("x-spiffe-id", str(identity.peer)),)
+        headers = (("x-spiffe-id", str(identity.peer)), *headers)
     return Decision(
         allowed=verdict.allowed,
         status=200 if verdict.allowed else 403,
@@ -85,13 +122,15 @@ def decide(engine: Engine | None, req: RequestView) -> Decision:
         audit_policies=verdict.audit,
         dry_run=verdict.dry_run,
         headers=headers,
+        remove_headers=who.remove,
     )
 
 
 def render(decision: Decision) -> bytes:
     if decision.allowed:
-        return response.allow(decision.headers)
-    return response.deny(decision.status, decision.decision_id, decision.reason)
+        return response.allow(decision.headers, decision.remove_headers)
+    extra = (("www-authenticate", decision.challenge),) if decision.challenge else ()
+    return response.deny(decision.status, decision.decision_id, decision.reason, extra_headers=extra)
 
 
 def audit_record(decision: Decision, req: RequestView | None, latency_us: int) -> dict[str, Any]:
@@ -112,7 +151,10 @@ def audit_record(decision: Decision, req: RequestView | None, latency_us: int) -
         },
         "destination": {"principal": r.destination.principal or None},
         "request": {"method": r.method, "host": r.host, "path": r.path},
-        "token": {"iss": None, "sub": None},
+        "token": {
+            "iss": decision.identity.token.issuer if decision.identity.token else None,
+            "sub": decision.identity.token.subject if decision.identity.token else None,
+        },
         "cache": decision.cache,
         "latency_us": latency_us,
         "audit_policies": list(decision.audit_policies),
@@ -123,8 +165,11 @@ def audit_record(decision: Decision, req: RequestView | None, latency_us: int) -
 class CheckCore:
     """Answers Check calls against whatever policy set ``current_engine`` returns right now."""
 
-    def __init__(self, current_engine: Callable[[], Engine | None]) -> None:
+    def __init__(
+        self, current_engine: Callable[[], Engine | None], identity: IdentityContext | None = None
+    ) -> None:
         self._current_engine = current_engine
+        self.identity = identity or IdentityContext()
 
     def check_message(self, msg: ext.CheckRequest) -> tuple[bytes, dict[str, Any], Decision]:
         return self._check(lambda: msg)
@@ -147,7 +192,8 @@ class CheckCore:
                     False, 403, REASON_MALFORMED, new_decision_id(), error=f"undecodable: {exc}"
                 )
             else:
-                decision = decide(engine, req)
+                resolver = self.identity.resolver(engine.policies) if engine is not None else None
+                decision = decide(engine, req, resolver)
             body = render(decision)
         except Exception:  # fail closed, whatever happened
             log.exception("internal error while checking a request")

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from extauthz import __version__
+from extauthz.bundles import BundleError
 from extauthz.logs import setup_logging
 from extauthz.policy import PolicyError
 from extauthz.settings import SettingsError, build_settings
@@ -37,6 +38,17 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument(
         "--trusted-proxy", action="append", metavar="CIDR", help="trusted XFCC proxy (repeatable)"
+    )
+    s.add_argument(
+        "--bind-token-to-peer",
+        action="store_true",
+        default=None,
+        help="require a token's sub to be the verified peer's SPIFFE ID",
+    )
+    s.add_argument(
+        "--workload-api",
+        metavar="ADDR",
+        help="SPIFFE Workload API socket for trust bundles (default $SPIFFE_ENDPOINT_SOCKET)",
     )
     s.add_argument("--root-namespace", metavar="NS", help="Istio root namespace (istio-system)")
     s.add_argument("--threads", type=int, metavar="N", help="gRPC handler threads per worker")
@@ -146,7 +158,7 @@ def _serve(args: argparse.Namespace) -> int:
         logging.getLogger("extauthz").error("cannot load policies: %s", exc)
         print(f"extauthz serve: cannot load policies: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except OSError as exc:
+    except (OSError, BundleError) as exc:
         print(f"extauthz serve: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
@@ -155,6 +167,8 @@ def _check(args: argparse.Namespace) -> int:
     from google.protobuf import json_format
 
     from extauthz._pb.envoy.service.auth.v3 import external_auth_pb2 as ext
+    from extauthz.authn import IdentityContext
+    from extauthz.bundles import BundleStore
     from extauthz.check import CheckCore
     from extauthz.policy import compile_policies, load_directory
     from extauthz.policy.engine import REASON_ALLOWED, REASON_DENIED_BY_POLICY, REASON_NO_MATCH
@@ -172,7 +186,14 @@ def _check(args: argparse.Namespace) -> int:
     except (OSError, json_format.ParseError, UnicodeDecodeError) as exc:
         print(f"extauthz check: cannot read the CheckRequest: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    _, _record, decision = CheckCore(lambda: engine).check_message(msg)
+    try:
+        bundles = BundleStore.from_flags(args.trust_bundle)
+        bundles.load()
+    except (BundleError, OSError) as exc:
+        print(f"extauthz check: cannot load trust bundles: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    core = CheckCore(lambda: engine, IdentityContext(bundles))
+    _, _record, decision = core.check_message(msg)
     explanation = None
     if decision.reason in (REASON_ALLOWED, REASON_DENIED_BY_POLICY, REASON_NO_MATCH):
         explanation = explain(engine, from_check_request(msg), decision.identity)

@@ -117,6 +117,10 @@ class Identity:
 
 
 def establish(req: RequestView) -> Identity:
-    """Work out who is calling from what Envoy verified."""
+    """Envoy's view only: the peer from ``source.principal``, nothing verified, no token.
+
+    For tools and tests. The Check path uses ``extauthz.authn.IdentityResolver``, which also
+    re-verifies the certificate, applies PeerAuthentication, XFCC and RequestAuthentication.
+    """
     principal = req.source.principal
     return Identity(peer=try_parse_spiffe_id(principal) if principal else None)

@@ -28,8 +28,11 @@ def _header(key: str, value: str) -> base_pb2.HeaderValueOption:
     )
 
 
-def allow(identity_headers: Sequence[tuple[str, str]]) -> bytes:
-    """An OK CheckResponse that sets ``identity_headers`` (overwriting) and strips the others."""
+def allow(identity_headers: Sequence[tuple[str, str]], remove: Sequence[str] = ()) -> bytes:
+    """An OK CheckResponse that sets ``identity_headers`` (overwriting) and strips the others.
+
+    ``remove`` names more request headers to strip (x-forwarded-client-cert, a consumed token).
+    """
     resp = ext.CheckResponse()
     resp.status.code = OK
     ok = resp.ok_response
@@ -38,7 +41,9 @@ def allow(identity_headers: Sequence[tuple[str, str]]) -> bytes:
         ok.headers.append(_header(key, value))
         set_names.add(key)
     # Envoy applies headers_to_remove after the headers it sets: only remove what we don't set.
-    ok.headers_to_remove.extend(h for h in IDENTITY_HEADERS if h not in set_names)
+    ok.headers_to_remove.extend(
+        dict.fromkeys(h for h in (*IDENTITY_HEADERS, *remove) if h not in set_names)
+    )
     return resp.SerializeToString()
 
 

@@ -7,6 +7,7 @@ core does the rest. Metrics and the audit record are taken here, after the answe
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -19,6 +20,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from extauthz import response
 from extauthz.audit import AuditLog
+from extauthz.authn import IdentityContext
+from extauthz.bundles import BundleStore, BundleWatcher
 from extauthz.check import CheckCore
 from extauthz.metrics import Metrics
 from extauthz.reload import DirectoryWatcher, PolicyStore
@@ -35,12 +38,21 @@ MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 class Service:
     """Everything one serving process holds: policies, core, audit, metrics, health."""
 
-    def __init__(self, settings: Settings, store: PolicyStore, audit: AuditLog) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: PolicyStore,
+        audit: AuditLog,
+        identity: IdentityContext | None = None,
+    ) -> None:
         self.settings = settings
         self.store = store
         self.audit = audit
         self.metrics = Metrics()
-        self.core = CheckCore(lambda: store.engine)
+        self.identity = identity or IdentityContext(
+            trusted_proxies=settings.trusted_proxy, bind_token_to_peer=settings.bind_token_to_peer
+        )
+        self.core = CheckCore(lambda: store.engine, self.identity)
         self.health = health.HealthServicer()
         store.listeners.append(self._on_reload)
         self._on_reload(store, store.engine is not None)
@@ -115,21 +127,33 @@ def serve(settings: Settings) -> int:
         xff_num_trusted_hops=settings.xff_num_trusted_hops,
     )
     store.load()
+    bundles = BundleStore.from_flags(settings.trust_bundle)
+    bundles.load()  # BundleError at startup: the caller reports it and exits non-zero
+    identity = IdentityContext(
+        bundles, settings.trusted_proxy, bind_token_to_peer=settings.bind_token_to_peer
+    )
+    workload_api = start_workload_api(settings, bundles)
     audit = AuditLog.open(settings.audit_log)
-    service = Service(settings, store, audit)
+    service = Service(settings, store, audit, identity)
     if settings.metrics:
         service.metrics.serve(settings.metrics)
     server, port = build_server(service, settings)
     server.start()
     watcher = DirectoryWatcher(store)
     watcher.start()
+    bundle_watcher = BundleWatcher(bundles)
+    bundle_watcher.start()
     stop = threading.Event()
 
     def on_stop(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
+    def reload_all() -> None:
+        store.reload()
+        bundles.reload()
+
     def on_hup(signum: int, frame: FrameType | None) -> None:
-        threading.Thread(target=store.reload, name="sighup-reload", daemon=True).start()
+        threading.Thread(target=reload_all, name="sighup-reload", daemon=True).start()
 
     signal.signal(signal.SIGTERM, on_stop)
     signal.signal(signal.SIGINT, on_stop)
@@ -147,6 +171,22 @@ def serve(settings: Settings) -> int:
     service.health.enter_graceful_shutdown()
     server.stop(settings.drain_seconds).wait()
     watcher.stop()
+    bundle_watcher.stop()
+    if workload_api is not None:
+        workload_api.stop()
     audit.close()
     log.info("stopped; %d audit records written, %d lost", audit.written, audit.lost)
     return 0
+
+
+def start_workload_api(settings: Settings, bundles: BundleStore) -> Any:
+    """Stream bundles from the SPIFFE Workload API when a socket is configured (or in the env)."""
+    address = settings.workload_api or os.environ.get("SPIFFE_ENDPOINT_SOCKET")
+    if not address:
+        return None
+    from extauthz.workload_api import WorkloadApiWatcher
+
+    client = WorkloadApiWatcher(address, bundles)
+    client.start()
+    log.info("streaming trust bundles from the SPIFFE Workload API at %s", address)
+    return client

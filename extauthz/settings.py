@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -30,6 +31,8 @@ class Settings:
     audit_log: str = "-"
     trust_bundle: list[str] = field(default_factory=list)
     trusted_proxy: list[str] = field(default_factory=list)
+    bind_token_to_peer: bool = False
+    workload_api: str | None = None  # SPIFFE Workload API socket (default: $SPIFFE_ENDPOINT_SOCKET)
     root_namespace: str = "istio-system"
     # remote.ip / remoteIpBlocks: how many trusted proxies stand in front of Envoy, each
     # appending to x-forwarded-for. 0: the original client is the direct peer (XFF ignored).
@@ -51,6 +54,11 @@ class Settings:
             td, sep, path = tb.partition("=")
             if not sep or not td or not path:
                 raise SettingsError(f"--trust-bundle {tb!r}: expected TD=PATH")
+        for cidr in self.trusted_proxy:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise SettingsError(f"--trusted-proxy {cidr!r}: not an IP address or CIDR") from None
 
 
 def parse_listen(addr: str) -> tuple[str, str | int]:

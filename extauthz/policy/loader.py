@@ -541,9 +541,13 @@ def _jwt_rule(ctx: _Ctx, rule: _Map) -> None:
     """Type-check one ``jwtRules[]`` entry (its semantics live with the token code)."""
     if not _str(ctx, rule, "jwtRules[].issuer", rule.get("issuer")):
         raise ctx.error(rule, "jwtRules[].issuer must not be empty")
-    for name in ("jwksUri", "jwks", "outputPayloadToHeader", "timeout"):
+    for name in ("jwksUri", "outputPayloadToHeader", "timeout"):
         if name in rule:
             _str(ctx, rule, f"jwtRules[].{name}", rule[name])
+    if "jwks" in rule and not isinstance(rule["jwks"], str | dict):
+        # Istio writes the JWKS as a JSON string; a YAML mapping is the same document.
+        got = _type(rule["jwks"])
+        raise ctx.error(rule, f"jwtRules[].jwks: expected a JSON string or a mapping, got {got}")
     if "jwksUri" in rule and "jwks" in rule:
         raise ctx.error(rule, "jwtRules[]: set jwksUri or jwks, not both")
     for name in ("audiences", "fromParams", "fromCookies"):

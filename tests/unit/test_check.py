@@ -76,7 +76,7 @@ def test_allow_without_peer_strips_client_identity_header() -> None:
     resp = ext.CheckResponse.FromString(body)
     assert decision.allowed
     assert resp.status.code == 0
-    assert list(resp.ok_response.headers_to_remove) == ["x-spiffe-id"]
+    assert list(resp.ok_response.headers_to_remove) == ["x-spiffe-id", "x-forwarded-client-cert"]
     assert not [h for h in resp.ok_response.headers if h.header.key == "x-spiffe-id"]
 
 
