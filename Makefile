@@ -39,3 +39,21 @@ bench-rules: setup
 
 clean:
 	rm -rf $(VENV) .demo build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+
+## Benchmarks (bench/README.md): h2load from Debian's nghttp2-client, matplotlib for the charts.
+.PHONY: bench-deps bench-envoy bench-scale bench-stacks
+bench-deps: setup
+	command -v h2load >/dev/null || apt-get install -y nghttp2-client
+	$(BIN)/python -m pip install -q -e '.[test,bench]'
+
+bench-grpc: bench-deps
+	$(BIN)/python bench/run.py grpc --open-loop
+
+bench-envoy: bench-deps
+	$(BIN)/python bench/run.py envoy --open-loop
+
+bench-scale: bench-deps
+	$(BIN)/python bench/run.py scale --open-loop
+
+bench-stacks: bench-deps
+	$(BIN)/python bench/run.py stacks

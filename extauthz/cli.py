@@ -30,7 +30,17 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("serve", help="run the ext_authz gRPC service")
     s.add_argument("--policies", metavar="DIR", help="policy directory (default ./policies)")
     s.add_argument("--listen", metavar="ADDR", help="HOST:PORT or unix:/PATH (127.0.0.1:9191)")
-    s.add_argument("--workers", type=int, metavar="N", help="serving processes (default 1)")
+    s.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="serving processes (default 1); worker i listens on PORT+i (unix: PATH.i)",
+    )
+    s.add_argument(
+        "--transport",
+        choices=["grpcio", "h2corn"],
+        help="gRPC server: h2corn (default; Rust HTTP/2, ASGI) or grpcio (the fallback)",
+    )
     s.add_argument("--metrics", metavar="ADDR", help="HOST:PORT for Prometheus /metrics")
     s.add_argument("--audit-log", metavar="PATH", help="JSON Lines audit log; - is stdout")
     s.add_argument(
@@ -95,6 +105,19 @@ def _parser() -> argparse.ArgumentParser:
                    help="leave out the cluster's active gRPC health check")
     e.add_argument("--context-extension", action="append", default=[], metavar="KEY=VALUE",
                    help="sent with every check of the route, e.g. namespace=shop (repeatable)")
+    e.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="list N endpoints per --endpoint, as `serve --workers N` listens (PORT+i, PATH.i)",
+    )
+    e.add_argument(
+        "--grpc-client",
+        choices=["envoy_grpc", "google_grpc"],
+        default="envoy_grpc",
+        help="Envoy's gRPC client for the check (default envoy_grpc: cheaper, see bench/README.md)",
+    )
     e.add_argument("--bootstrap", action="store_true", help="print a complete Envoy bootstrap")
     e.add_argument("--listen-address", default="127.0.0.1", help="with --bootstrap")
     e.add_argument("--listen-port", type=int, default=10000, help="with --bootstrap")
@@ -270,8 +293,11 @@ def _test(args: argparse.Namespace) -> int:
 
 def _envoy_config(args: argparse.Namespace) -> int:
     from extauthz import envoy_config
+    from extauthz.settings import SettingsError, worker_addresses
 
-    endpoints = args.endpoint or ["127.0.0.1:9191"]
+    if args.workers < 1:
+        print("extauthz envoy-config: --workers must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
     extensions: dict[str, str] = {}
     for item in args.context_extension:
         key, sep, value = item.partition("=")
@@ -281,6 +307,11 @@ def _envoy_config(args: argparse.Namespace) -> int:
             return EXIT_USAGE
         extensions[key] = value
     try:
+        endpoints = [
+            addr
+            for base in (args.endpoint or ["127.0.0.1:9191"])
+            for addr in worker_addresses(base, args.workers)
+        ]
         if args.bootstrap:
             cfg = envoy_config.bootstrap(
                 listen_port=args.listen_port,
@@ -292,6 +323,7 @@ def _envoy_config(args: argparse.Namespace) -> int:
                 status_on_error=args.status_on_error,
                 authz_health_check=not args.no_health_check,
                 context_extensions=extensions or None,
+                grpc_client=args.grpc_client,
             )
         else:
             cfg = envoy_config.snippet(
@@ -300,8 +332,9 @@ def _envoy_config(args: argparse.Namespace) -> int:
                 status_on_error=args.status_on_error,
                 health_check=not args.no_health_check,
                 context_extensions=extensions or None,
+                grpc_client=args.grpc_client,
             )
-    except ValueError as exc:
+    except (SettingsError, ValueError) as exc:
         print(f"extauthz envoy-config: {exc}", file=sys.stderr)
         return EXIT_USAGE
     sys.stdout.write(envoy_config.render_yaml(cfg))

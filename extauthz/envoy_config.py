@@ -27,6 +27,9 @@ from envoy_data_plane.envoy.config.core.v3 import (
     DataSource,
     GrpcService,
     GrpcServiceEnvoyGrpc,
+    GrpcServiceGoogleGrpc,
+    GrpcServiceGoogleGrpcChannelArgs,
+    GrpcServiceGoogleGrpcChannelArgsValue,
     HealthCheck,
     HealthCheckGrpcHealthCheck,
     Http1ProtocolOptions,
@@ -235,19 +238,71 @@ def _check_retry_policy() -> RetryPolicy:
     )
 
 
+GRPC_CLIENTS = ("envoy_grpc", "google_grpc")
+
+
+def google_grpc_target(endpoints: Sequence[str]) -> str:
+    """A gRPC target URI for Envoy's ``google_grpc`` client: ``ipv4:A:P,B:Q`` (or ``ipv6:``)
+    for IP endpoints, ``unix:/PATH`` or ``dns:///HOST:PORT`` for a single other endpoint."""
+    if not endpoints:
+        raise ValueError("google_grpc needs at least one endpoint")
+    parsed = [parse_endpoint(e) for e in endpoints]
+    if all(addr.socket_address is not None and not dns for addr, dns in parsed):
+        family = {ipaddress.ip_address(a.socket_address.address).version for a, _ in parsed}  # type: ignore[union-attr]
+        if len(family) == 1:
+            scheme = "ipv4" if family == {4} else "ipv6"
+            fmt = "{}:{}" if scheme == "ipv4" else "[{}]:{}"
+            return scheme + ":" + ",".join(
+                fmt.format(a.socket_address.address, a.socket_address.port_value)  # type: ignore[union-attr]
+                for a, _ in parsed
+            )
+    if len(endpoints) != 1:
+        raise ValueError("google_grpc lists several endpoints only as IP addresses of one family")
+    addr, _ = parsed[0]
+    if addr.pipe is not None:
+        return f"unix:{addr.pipe.path}"
+    return f"dns:///{endpoints[0]}"
+
+
+def _grpc_service(
+    cluster: str, timeout_s: float, grpc_client: str, endpoints: Sequence[str] | None
+) -> GrpcService:
+    if grpc_client == "envoy_grpc":
+        return GrpcService(
+            envoy_grpc=GrpcServiceEnvoyGrpc(cluster_name=cluster),
+            timeout=_seconds(timeout_s),
+            retry_policy=_check_retry_policy(),
+        )
+    if grpc_client != "google_grpc":
+        raise ValueError(f"grpc_client must be one of {GRPC_CLIENTS}")
+    google = GrpcServiceGoogleGrpc(
+        target_uri=google_grpc_target(endpoints or ["127.0.0.1:9191"]),
+        stat_prefix=cluster,
+        # Spread the calls over every listed worker (gRPC's default, pick_first, uses one).
+        channel_args=GrpcServiceGoogleGrpcChannelArgs(
+            args={"grpc.lb_policy_name": GrpcServiceGoogleGrpcChannelArgsValue(string_value="round_robin")}
+        ),
+    )
+    return GrpcService(google_grpc=google, timeout=_seconds(timeout_s), retry_policy=_check_retry_policy())
+
+
 def ext_authz_filter_message(
-    cluster: str = "extauthz", timeout_s: float = 0.25, status_on_error: int = 403
+    cluster: str = "extauthz",
+    timeout_s: float = 0.25,
+    status_on_error: int = 403,
+    *,
+    grpc_client: str = "envoy_grpc",
+    endpoints: Sequence[str] | None = None,
 ) -> HttpFilter:
-    """The typed ``envoy.filters.http.ext_authz`` HttpFilter (see :func:`ext_authz_filter`)."""
+    """The typed ``envoy.filters.http.ext_authz`` HttpFilter (see :func:`ext_authz_filter`).
+
+    ``grpc_client="google_grpc"`` makes Envoy call ``endpoints`` with the gRPC C++ library
+    instead of its own client and the cluster (measured in bench/README.md)."""
     if timeout_s <= 0:
         raise ValueError("the ext_authz timeout must be positive")
     config = ExtAuthz(
         transport_api_version=ApiVersion.V3,
-        grpc_service=GrpcService(
-            envoy_grpc=GrpcServiceEnvoyGrpc(cluster_name=cluster),
-            timeout=_seconds(timeout_s),
-            retry_policy=_check_retry_policy(),
-        ),
+        grpc_service=_grpc_service(cluster, timeout_s, grpc_client, endpoints),
         failure_mode_allow=False,
         include_peer_certificate=True,
         status_on_error=HttpStatus(code=status_code(status_on_error)),
@@ -308,6 +363,9 @@ def http_connection_manager_message(
     context_extensions: Mapping[str, str] | None = None,
     stat_prefix: str = "ingress_http",
     status_on_error: int = 403,
+    grpc_client: str = "envoy_grpc",
+    authz_endpoints: Sequence[str] | None = None,
+    authz: bool = True,
 ) -> HttpConnectionManager:
     """HCM with path normalisation, ext_authz then router, and one route ``/``."""
     route = Route(
@@ -324,7 +382,19 @@ def http_connection_manager_message(
             virtual_hosts=[VirtualHost(name="all", domains=["*"], routes=[route])],
         ),
         http_filters=[
-            ext_authz_filter_message(authz_cluster_name, timeout_s, status_on_error),
+            *(
+                [
+                    ext_authz_filter_message(
+                        authz_cluster_name,
+                        timeout_s,
+                        status_on_error,
+                        grpc_client=grpc_client,
+                        endpoints=authz_endpoints,
+                    )
+                ]
+                if authz
+                else []
+            ),
             router_filter_message(),
         ],
     )
@@ -363,6 +433,8 @@ def bootstrap_message(
     upstream_cluster_name: str = "upstream",
     node_id: str = "extauthz-dev",
     status_on_error: int = 403,
+    grpc_client: str = "envoy_grpc",
+    authz: bool = True,
 ) -> Bootstrap:
     """The typed Bootstrap (see :func:`bootstrap`)."""
     hcm = http_connection_manager_message(
@@ -371,6 +443,9 @@ def bootstrap_message(
         timeout_s=timeout_s,
         context_extensions=context_extensions,
         status_on_error=status_on_error,
+        grpc_client=grpc_client,
+        authz_endpoints=authz_endpoints,
+        authz=authz,
     )
     chain = FilterChain(
         filters=[Filter(name=HCM_FILTER_NAME, typed_config=AnyMsg.pack(hcm))],
@@ -400,7 +475,12 @@ def bootstrap_message(
 
 
 def ext_authz_filter(
-    cluster: str = "extauthz", timeout_s: float = 0.25, status_on_error: int = 403
+    cluster: str = "extauthz",
+    timeout_s: float = 0.25,
+    status_on_error: int = 403,
+    *,
+    grpc_client: str = "envoy_grpc",
+    endpoints: Sequence[str] | None = None,
 ) -> Config:
     """The ``envoy.filters.http.ext_authz`` http filter as a dict.
 
@@ -408,9 +488,10 @@ def ext_authz_filter(
     (``failure_mode_allow: false``; an error or timeout answers ``status_on_error``, 403 by
     default), peer certificate included.
     """
-    out: Config = _explicit_defaults(
-        _to_dict(ext_authz_filter_message(cluster, timeout_s, status_on_error))
+    msg = ext_authz_filter_message(
+        cluster, timeout_s, status_on_error, grpc_client=grpc_client, endpoints=endpoints
     )
+    out: Config = _explicit_defaults(_to_dict(msg))
     return out
 
 
@@ -452,6 +533,8 @@ def bootstrap(
     upstream_cluster_name: str = "upstream",
     node_id: str = "extauthz-dev",
     status_on_error: int = 403,
+    grpc_client: str = "envoy_grpc",
+    authz: bool = True,
 ) -> Config:
     """A complete static Envoy bootstrap as a dict.
 
@@ -474,6 +557,8 @@ def bootstrap(
         upstream_cluster_name=upstream_cluster_name,
         node_id=node_id,
         status_on_error=status_on_error,
+        grpc_client=grpc_client,
+        authz=authz,
     )
     out: Config = _explicit_defaults(_to_dict(msg))
     return out
@@ -487,6 +572,7 @@ def snippet(
     health_check: bool = True,
     status_on_error: int = 403,
     context_extensions: Mapping[str, str] | None = None,
+    grpc_client: str = "envoy_grpc",
 ) -> Config:
     """What to paste into an existing Envoy config (for ``extauthz envoy-config``).
 
@@ -499,10 +585,14 @@ def snippet(
         "http_connection_manager": {
             **hcm_path_settings(),
             "http_filters": [
-                ext_authz_filter(cluster, timeout_s, status_on_error),
+                ext_authz_filter(
+                    cluster, timeout_s, status_on_error, grpc_client=grpc_client, endpoints=endpoints
+                ),
                 _to_dict(router_filter_message()),
             ],
         },
+        # With google_grpc Envoy dials the filter's target_uri itself; the cluster stays for
+        # health checking and as the envoy_grpc alternative.
         "clusters": [authz_cluster(list(endpoints), cluster, health_check=health_check)],
     }
     if context_extensions:

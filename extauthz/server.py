@@ -22,7 +22,7 @@ from extauthz import response
 from extauthz.audit import AuditLog
 from extauthz.authn import IdentityContext
 from extauthz.bundles import BundleStore, BundleWatcher
-from extauthz.check import CheckCore
+from extauthz.check import REASON_MALFORMED, CheckCore, Decision, audit_record, new_decision_id, render
 from extauthz.metrics import Metrics
 from extauthz.reload import DirectoryWatcher, PolicyStore
 from extauthz.settings import Settings, parse_listen
@@ -44,8 +44,11 @@ class Service:
         store: PolicyStore,
         audit: AuditLog,
         identity: IdentityContext | None = None,
+        *,
+        worker: int | None = None,
     ) -> None:
         self.settings = settings
+        self.worker = worker  # index under `serve --workers N` (N > 1): in every audit record
         self.store = store
         self.audit = audit
         self.metrics = Metrics()
@@ -56,6 +59,11 @@ class Service:
         self.health = health.HealthServicer()
         store.listeners.append(self._on_reload)
         self._on_reload(store, store.engine is not None)
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the policy directory and the trust bundle files."""
+        self.store.reload()
+        self.identity.bundles.reload()
 
     def _on_reload(self, store: PolicyStore, ok: bool) -> None:
         self.metrics.policy_reloads.labels("success" if ok else "failure").inc()
@@ -87,11 +95,32 @@ class Service:
                 self.metrics.bad_requests.labels("non_canonical").inc()
             elif decision.reason == "malformed_check_request":
                 self.metrics.bad_requests.labels("malformed").inc()
+            if self.worker is not None:
+                record["worker"] = self.worker
             if not self.audit.emit(record):
                 self.metrics.audit_lost.inc()
             return body
         except Exception:
             log.exception("check handler failed; answering deny")
+            return response.STATIC_DENY
+
+
+    def handle_malformed(self, error: str) -> bytes:
+        """A call whose gRPC framing was bad (transports that parse frames themselves): deny it,
+        count it and audit it like an undecodable CheckRequest. Never raises."""
+        try:
+            decision = Decision(False, 403, REASON_MALFORMED, new_decision_id(), error=error)
+            body = render(decision)
+            self.metrics.observe(False, decision.reason, 0.0)
+            self.metrics.bad_requests.labels("malformed").inc()
+            record = audit_record(decision, None, 0)
+            if self.worker is not None:
+                record["worker"] = self.worker
+            if not self.audit.emit(record):
+                self.metrics.audit_lost.inc()
+            return body
+        except Exception:
+            log.exception("malformed-call handler failed; answering deny")
             return response.STATIC_DENY
 
 
@@ -110,17 +139,28 @@ def build_server(service: Service, settings: Settings) -> tuple[grpc.Server, int
     )
     health_pb2_grpc.add_HealthServicer_to_server(service.health, server)
     kind, where = parse_listen(settings.listen)
-    if kind == "unix":
-        port = server.add_insecure_port(f"unix:{where}")
-    else:
-        port = server.add_insecure_port(settings.listen)
-        if port == 0:
-            raise OSError(f"cannot listen on {settings.listen}")
+    try:
+        port = server.add_insecure_port(f"unix:{where}" if kind == "unix" else settings.listen)
+    except RuntimeError as exc:  # grpcio's "Failed to bind"
+        raise OSError(f"cannot listen on {settings.listen}: {exc}") from exc
+    if kind != "unix" and port == 0:
+        raise OSError(f"cannot listen on {settings.listen}")
     return server, port
 
 
 def serve(settings: Settings) -> int:
-    """Run the service until SIGTERM/SIGINT. Raises PolicyError when the first load fails."""
+    """Run the service until SIGTERM/SIGINT. Raises PolicyError when the first load fails.
+
+    ``--workers N`` (N > 1) runs a supervisor and N worker processes (extauthz.workers)."""
+    if settings.workers > 1:
+        from extauthz.workers import supervise
+
+        return supervise(settings)
+    return serve_worker(settings)
+
+
+def serve_worker(settings: Settings, worker: int | None = None) -> int:
+    """One serving process on ``settings.listen`` with the chosen transport."""
     store = PolicyStore(
         settings.policies,
         root_namespace=settings.root_namespace,
@@ -134,32 +174,45 @@ def serve(settings: Settings) -> int:
     )
     workload_api = start_workload_api(settings, bundles)
     audit = AuditLog.open(settings.audit_log)
-    service = Service(settings, store, audit, identity)
+    service = Service(settings, store, audit, identity, worker=worker)
     if settings.metrics:
         service.metrics.serve(settings.metrics)
-    server, port = build_server(service, settings)
-    server.start()
     watcher = DirectoryWatcher(store)
     watcher.start()
     bundle_watcher = BundleWatcher(bundles)
     bundle_watcher.start()
+    try:
+        if settings.transport == "h2corn":
+            from extauthz.transport_h2corn import serve_h2corn
+
+            return serve_h2corn(service, settings)
+        return _serve_grpcio(service, settings)
+    finally:
+        watcher.stop()
+        bundle_watcher.stop()
+        if workload_api is not None:
+            workload_api.stop()
+        audit.close()
+        log.info("stopped; %d audit records written, %d lost", audit.written, audit.lost)
+
+
+def _serve_grpcio(service: Service, settings: Settings) -> int:
+    store = service.store
+    server, port = build_server(service, settings)
+    server.start()
     stop = threading.Event()
 
     def on_stop(signum: int, frame: FrameType | None) -> None:
         stop.set()
 
-    def reload_all() -> None:
-        store.reload()
-        bundles.reload()
-
     def on_hup(signum: int, frame: FrameType | None) -> None:
-        threading.Thread(target=reload_all, name="sighup-reload", daemon=True).start()
+        threading.Thread(target=service.reload, name="sighup-reload", daemon=True).start()
 
     signal.signal(signal.SIGTERM, on_stop)
     signal.signal(signal.SIGINT, on_stop)
     signal.signal(signal.SIGHUP, on_hup)
     log.info(
-        "serving on %s (port %d), policies from %s, generation %d",
+        "serving on %s (port %d, grpcio), policies from %s, generation %d",
         settings.listen,
         port,
         settings.policies,
@@ -170,12 +223,6 @@ def serve(settings: Settings) -> int:
     log.info("stopping: draining in-flight checks (up to %.1fs)", settings.drain_seconds)
     service.health.enter_graceful_shutdown()
     server.stop(settings.drain_seconds).wait()
-    watcher.stop()
-    bundle_watcher.stop()
-    if workload_api is not None:
-        workload_api.stop()
-    audit.close()
-    log.info("stopped; %d audit records written, %d lost", audit.written, audit.lost)
     return 0
 
 

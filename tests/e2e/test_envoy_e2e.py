@@ -71,12 +71,18 @@ class Stack:
         )
 
 
-def _start_stack(base: Path, pki: DevPki, echo: EchoServer) -> tuple[ExtauthzProcess, EnvoyProcess]:
+# The whole suite runs against every transport (`serve --transport`).
+TRANSPORTS = ["grpcio", "h2corn"]
+
+
+def _start_stack(
+    base: Path, pki: DevPki, echo: EchoServer, transport: str = "grpcio"
+) -> tuple[ExtauthzProcess, EnvoyProcess]:
     policies = write_policies(base / "policies", {"frontend-to-api.yaml": POLICY})
     authz = ExtauthzProcess(
         policies,
         base / "extauthz",
-        extra_args=["--trust-bundle", f"example.org={pki.ca_file}"],
+        extra_args=["--trust-bundle", f"example.org={pki.ca_file}", "--transport", transport],
     ).start()
     try:
         envoy = EnvoyProcess(
@@ -93,9 +99,14 @@ def _start_stack(base: Path, pki: DevPki, echo: EchoServer) -> tuple[ExtauthzPro
     return authz, envoy
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory, pki: DevPki, echo_server: EchoServer) -> Iterator[Stack]:
-    authz, envoy = _start_stack(tmp_path_factory.mktemp("e2e"), pki, echo_server)
+@pytest.fixture(scope="module", params=TRANSPORTS)
+def stack(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    pki: DevPki,
+    echo_server: EchoServer,
+) -> Iterator[Stack]:
+    authz, envoy = _start_stack(tmp_path_factory.mktemp("e2e"), pki, echo_server, request.param)
     try:
         yield Stack(pki, echo_server, authz, envoy)
     finally:
@@ -246,8 +257,11 @@ def test_audit_log_has_one_line_per_decision(s: Stack) -> None:
 # --------------------------------------------------------------------------- fail closed
 
 
-def test_fail_closed_when_the_service_is_down(tmp_path: Path, pki: DevPki, echo_server: EchoServer) -> None:
-    authz, envoy = _start_stack(tmp_path, pki, echo_server)
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_fail_closed_when_the_service_is_down(
+    tmp_path: Path, pki: DevPki, echo_server: EchoServer, transport: str
+) -> None:
+    authz, envoy = _start_stack(tmp_path, pki, echo_server, transport)
     try:
         stack = Stack(pki, echo_server, authz, envoy)
         assert stack.request("frontend", "GET", "/api/items").status == 200
@@ -268,7 +282,9 @@ def test_fail_closed_when_the_service_is_down(tmp_path: Path, pki: DevPki, echo_
 # --------------------------------------------------------------------------- unix socket
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
 def test_service_over_unix_socket(
+    transport: str,
     tmp_path: Path,
     pki: DevPki,
     echo_server: EchoServer,
@@ -279,7 +295,9 @@ def test_service_over_unix_socket(
     procs: list[ExtauthzProcess | EnvoyProcess] = []
     try:
         policies = write_policies(tmp_path / "policies", {"frontend-to-api.yaml": POLICY})
-        authz = extauthz_factory(policies, unix_socket=sock_dir / "authz.sock")
+        authz = extauthz_factory(
+            policies, unix_socket=sock_dir / "authz.sock", extra_args=["--transport", transport]
+        )
         procs.append(authz)
         envoy = envoy_factory(
             [authz.endpoint], context_extensions={"namespace": "shop"}, timeout_s=CHECK_TIMEOUT_S

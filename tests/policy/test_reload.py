@@ -208,7 +208,8 @@ def _free_port() -> int:
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="signals")
-def test_sighup_reloads_a_running_server(tmp_path: Path) -> None:
+@pytest.mark.parametrize("transport", ["h2corn", "grpcio"])
+def test_sighup_reloads_a_running_server(tmp_path: Path, transport: str) -> None:
     # --policies is a symlink; repointing it is invisible to the directory watcher (it watches the
     # old target), so only SIGHUP can bring the new set in.
     (tmp_path / "set-a").mkdir()
@@ -220,7 +221,7 @@ def test_sighup_reloads_a_running_server(tmp_path: Path) -> None:
     port = _free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "extauthz", "serve", "--policies", str(link), "--listen", f"127.0.0.1:{port}",
-         "--audit-log", str(tmp_path / "audit.jsonl")],
+         "--audit-log", str(tmp_path / "audit.jsonl"), "--transport", transport],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
@@ -242,6 +243,29 @@ def test_sighup_reloads_a_running_server(tmp_path: Path) -> None:
         deadline = time.monotonic() + 10
         while allowed("/a") and time.monotonic() < deadline:
             time.sleep(0.05)
+        assert allowed("/b") and not allowed("/a")
+        health = channel.unary_unary(
+            "/grpc.health.v1.Health/Check",
+            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+            response_deserializer=health_pb2.HealthCheckResponse.FromString,
+        )
+
+        def policy_health() -> Any:
+            return health(health_pb2.HealthCheckRequest(service=POLICY_HEALTH_SERVICE), timeout=5).status
+
+        assert policy_health() == health_pb2.HealthCheckResponse.SERVING
+        # A broken set: refused, set B keeps serving, the health detail says so.
+        (tmp_path / "set-c").mkdir()
+        (tmp_path / "set-c" / "p.yaml").write_text("kind: [\n")
+        tmp_link.symlink_to(tmp_path / "set-c")
+        os.replace(tmp_link, link)
+        proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while policy_health() == health_pb2.HealthCheckResponse.SERVING and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert policy_health() == health_pb2.HealthCheckResponse.NOT_SERVING
+        overall = health(health_pb2.HealthCheckRequest(service=""), timeout=5).status
+        assert overall == health_pb2.HealthCheckResponse.SERVING
         assert allowed("/b") and not allowed("/a")
         channel.close()
     finally:

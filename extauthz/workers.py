@@ -1,0 +1,255 @@
+"""``serve --workers N``: a supervisor and N worker processes, one listen address each.
+
+Why one address per worker: Envoy keeps about one HTTP/2 connection per worker thread per
+endpoint, so N processes behind one SO_REUSEPORT port would see a handful of connections and
+leave cores idle. Worker ``i`` listens on ``PORT+i`` (``unix:PATH.i``; worker 0 on the base
+address) and ``extauthz envoy-config --workers N`` lists every address as a cluster endpoint, so
+Envoy's load balancer spreads the checks.
+
+- Policies: every worker loads and watches the directory itself; the supervisor loads it once
+  first, so a directory that does not parse fails startup with file and line, as with one process.
+- Signals: SIGHUP is forwarded to every worker (each reloads); SIGTERM/SIGINT are forwarded as
+  SIGTERM, each worker drains its in-flight checks, the supervisor waits and exits 0.
+- Crashes: a worker that exits on its own is restarted (at most once a second; after
+  ``MAX_RESTARTS`` restarts within a minute the supervisor gives up and exits 1).
+- Audit: one writer. Each worker writes its JSON lines to a pipe (its standard output); the
+  supervisor copies complete lines to ``--audit-log`` (a file, or ``-`` for its own standard
+  output), so the log stays one JSON Lines stream and no line is ever split. Every record
+  carries ``worker`` (the index): the per-worker counters.
+- Metrics: ``--metrics HOST:PORT`` gives worker ``i`` its own ``/metrics`` on ``PORT+i``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from dataclasses import asdict, replace
+from types import FrameType
+from typing import IO
+
+from extauthz.reload import PolicyStore
+from extauthz.settings import Settings, worker_listen
+
+log = logging.getLogger("extauthz.workers")
+
+ENV_SETTINGS = "EXTAUTHZ_WORKER_SETTINGS"
+ENV_INDEX = "EXTAUTHZ_WORKER_INDEX"
+MAX_RESTARTS = 10  # within RESTART_WINDOW seconds
+RESTART_WINDOW = 60.0
+RESTART_DELAY = 1.0
+
+
+def worker_settings(settings: Settings, index: int) -> Settings:
+    """What worker ``index`` runs with: its own address (and metrics port), audit to its pipe."""
+    metrics = settings.metrics
+    if metrics:
+        host, _, port = metrics.rpartition(":")
+        metrics = f"{host}:{int(port) + index}"
+    return replace(
+        settings,
+        listen=worker_listen(settings.listen, index),
+        workers=1,
+        audit_log="-",
+        metrics=metrics,
+    )
+
+
+class _Worker:
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.pump: threading.Thread | None = None
+        self.started_at = 0.0
+
+
+class Supervisor:
+    def __init__(self, settings: Settings, sink: IO[bytes]) -> None:
+        self.settings = settings
+        self.sink = sink
+        self.sink_lock = threading.Lock()
+        self.workers = [_Worker(i) for i in range(settings.workers)]
+        self.restarts: deque[float] = deque()
+        self.stopping = threading.Event()
+        self.hup = threading.Event()
+
+    # ------------------------------------------------------------------ processes
+
+    def _spawn(self, w: _Worker) -> None:
+        env = dict(os.environ)
+        env[ENV_SETTINGS] = json.dumps(asdict(worker_settings(self.settings, w.index)))
+        env[ENV_INDEX] = str(w.index)
+        w.proc = subprocess.Popen(
+            [sys.executable, "-m", "extauthz.workers"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            env=env,
+        )
+        w.started_at = time.monotonic()
+        w.pump = threading.Thread(
+            target=self._pump, args=(w.index, w.proc.stdout), name=f"audit-pump-{w.index}", daemon=True
+        )
+        w.pump.start()
+        log.info(
+            "worker %d started (pid %d) on %s",
+            w.index,
+            w.proc.pid,
+            worker_listen(self.settings.listen, w.index),
+        )
+
+    def _pump(self, index: int, pipe: IO[bytes] | None) -> None:
+        """Copy complete lines from a worker's pipe to the audit sink."""
+        if pipe is None:
+            return
+        rest = b""
+        fd = pipe.fileno()
+        while True:
+            try:
+                chunk = os.read(fd, 1 << 16)
+            except OSError:
+                break
+            if not chunk:
+                break
+            data = rest + chunk
+            cut = data.rfind(b"\n") + 1
+            rest = data[cut:]
+            if cut:
+                self._write(data[:cut])
+        if rest:
+            log.error("worker %d ended in the middle of an audit line; %d bytes dropped", index, len(rest))
+        pipe.close()
+
+    def _write(self, data: bytes) -> None:
+        with self.sink_lock:
+            try:
+                self.sink.write(data)
+                self.sink.flush()
+            except (OSError, ValueError) as exc:
+                log.error("audit write failed: %s", exc)
+
+    def _signal_all(self, signum: int) -> None:
+        for w in self.workers:
+            if w.proc is not None and w.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    w.proc.send_signal(signum)
+
+    # ------------------------------------------------------------------ main loop
+
+    def run(self) -> int:
+        def on_stop(signum: int, frame: FrameType | None) -> None:
+            self.stopping.set()
+
+        def on_hup(signum: int, frame: FrameType | None) -> None:
+            self.hup.set()
+
+        signal.signal(signal.SIGTERM, on_stop)
+        signal.signal(signal.SIGINT, on_stop)
+        signal.signal(signal.SIGHUP, on_hup)
+        for w in self.workers:
+            self._spawn(w)
+        code = 0
+        while not self.stopping.wait(0.2):
+            if self.hup.is_set():
+                self.hup.clear()
+                log.info("SIGHUP: asking every worker to reload")
+                self._signal_all(signal.SIGHUP)
+            if not self._reap_and_restart():
+                code = 1
+                break
+        self._shutdown()
+        return code
+
+    def _reap_and_restart(self) -> bool:
+        now = time.monotonic()
+        for w in self.workers:
+            if w.proc is None or w.proc.poll() is None:
+                continue
+            if now - w.started_at < RESTART_DELAY:
+                continue  # let a crash loop breathe
+            log.error("worker %d (pid %d) exited with %s; restarting", w.index, w.proc.pid, w.proc.returncode)
+            if w.pump is not None:
+                w.pump.join(5)
+            while self.restarts and now - self.restarts[0] > RESTART_WINDOW:
+                self.restarts.popleft()
+            if len(self.restarts) >= MAX_RESTARTS:
+                log.error("%d worker restarts within %.0fs: giving up", MAX_RESTARTS, RESTART_WINDOW)
+                return False
+            self.restarts.append(now)
+            self._spawn(w)
+        return True
+
+    def _shutdown(self) -> None:
+        log.info("stopping: SIGTERM to %d workers", len(self.workers))
+        self._signal_all(signal.SIGTERM)
+        deadline = time.monotonic() + self.settings.drain_seconds + 10.0
+        for w in self.workers:
+            if w.proc is None:
+                continue
+            try:
+                w.proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.error("worker %d did not stop in time; killing it", w.index)
+                w.proc.kill()
+                w.proc.wait(5)
+            if w.pump is not None:
+                w.pump.join(5)
+
+
+def supervise(settings: Settings) -> int:
+    """Run ``settings.workers`` workers until SIGTERM. Raises PolicyError like one process."""
+    PolicyStore(settings.policies, root_namespace=settings.root_namespace).load()
+    if settings.audit_log == "-":
+        sink: IO[bytes] = sys.stdout.buffer
+        owns = False
+    else:
+        sink = open(settings.audit_log, "ab")  # noqa: SIM115
+        owns = True
+    try:
+        return Supervisor(settings, sink).run()
+    finally:
+        if owns:
+            sink.close()
+
+
+def _exit_with_parent() -> None:
+    """A worker must not outlive its supervisor (SIGKILL leaves no chance to forward)."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os.kill(os.getpid(), signal.SIGTERM)
+                return
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def worker_main() -> int:
+    from extauthz.logs import setup_logging
+    from extauthz.policy import PolicyError
+    from extauthz.server import serve_worker
+
+    settings = Settings(**json.loads(os.environ[ENV_SETTINGS]))
+    index = int(os.environ[ENV_INDEX])
+    setup_logging(settings.log_level)
+    _exit_with_parent()
+    try:
+        return serve_worker(settings, worker=index)
+    except PolicyError as exc:
+        log.error("worker %d cannot load policies: %s", index, exc)
+        return 2
+    except OSError as exc:
+        log.error("worker %d: %s", index, exc)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(worker_main())
