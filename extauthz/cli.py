@@ -1,4 +1,4 @@
-"""The ``extauthz`` command line: serve, check, envoy-config, demo."""
+"""The ``extauthz`` command line: serve, check, lint, test, envoy-config, demo."""
 
 from __future__ import annotations
 
@@ -69,7 +69,26 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--policies", metavar="DIR", default="./policies")
     c.add_argument("--trust-bundle", action="append", default=[], metavar="TD=PATH")
     c.add_argument("--root-namespace", metavar="NS", default="istio-system")
+    c.add_argument(
+        "--explain", action="store_true", help="add the evaluation trace (every rule in scope)"
+    )
     c.add_argument("request", metavar="REQUEST", help="file with a CheckRequest in JSON, - for stdin")
+
+    lint = sub.add_parser("lint", help="check a policy directory: errors and warnings")
+    lint.add_argument("directory", metavar="DIR")
+    lint.add_argument("--strict", action="store_true", help="warnings are errors too")
+    lint.add_argument("--format", choices=["text", "json"], default="text")
+    lint.add_argument("--root-namespace", metavar="NS", default="istio-system")
+    lint.add_argument(
+        "--envoy-config", metavar="FILE", help="Envoy config whose routes' context_extensions "
+        "selectors must be able to match"
+    )
+
+    t = sub.add_parser("test", help="run request fixtures with expected decisions against policies")
+    t.add_argument("directory", metavar="DIR")
+    t.add_argument("cases", metavar="CASES.yaml")
+    t.add_argument("--format", choices=["text", "json"], default="text")
+    t.add_argument("--root-namespace", metavar="NS", default="istio-system")
 
     e = sub.add_parser("envoy-config", help="print the Envoy configuration to use with extauthz")
     e.add_argument(
@@ -140,6 +159,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _serve(args)
         if args.command == "check":
             return _check(args)
+        if args.command == "lint":
+            return _lint(args)
+        if args.command == "test":
+            return _test(args)
         if args.command == "envoy-config":
             return _envoy_config(args)
         if args.command == "audit":
@@ -184,6 +207,9 @@ def _check(args: argparse.Namespace) -> int:
     from extauthz.bundles import BundleStore
     from extauthz.check import CheckCore
     from extauthz.policy import compile_policies, load_directory
+    from extauthz.policy.engine import REASON_ALLOWED, REASON_DENIED_BY_POLICY, REASON_NO_MATCH
+    from extauthz.policy.explain import explain
+    from extauthz.request import from_check_request
 
     try:
         engine = compile_policies(load_directory(args.policies, root_namespace=args.root_namespace))
@@ -204,6 +230,9 @@ def _check(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     core = CheckCore(lambda: engine, IdentityContext(bundles))
     _, _record, decision = core.check_message(msg)
+    explanation = None
+    if decision.reason in (REASON_ALLOWED, REASON_DENIED_BY_POLICY, REASON_NO_MATCH):
+        explanation = explain(engine, from_check_request(msg), decision.identity)
     out: dict[str, Any] = {
         "allowed": decision.allowed,
         "status": decision.status,
@@ -215,6 +244,15 @@ def _check(args: argparse.Namespace) -> int:
     }
     if decision.error:
         out["error"] = decision.error
+    if explanation is not None:
+        out["explanation"] = explanation.summary
+        out["failed"] = explanation.failed
+        if args.explain:
+            out["trace"] = [t.as_dict() for t in explanation.trace]
+    else:
+        out["explanation"] = f"denied before policy evaluation: {decision.reason}" + (
+            f" ({decision.error})" if decision.error else ""
+        )
     print(json.dumps(out, indent=2))
     return EXIT_OK if decision.allowed else EXIT_DENIED
 
@@ -235,6 +273,53 @@ def _audit_verify(args: argparse.Namespace) -> int:
         start = f" (the chain starts at seq {result.first_seq}: give the older files to check it too)"
     print(f"OK: {result.records} records in {len(args.files)} file(s){start}")
     return EXIT_OK
+
+
+def _lint(args: argparse.Namespace) -> int:
+    from extauthz.policy.lint import ERROR, lint_directory
+
+    findings = lint_directory(
+        args.directory, root_namespace=args.root_namespace, envoy_config=args.envoy_config
+    )
+    errors = sum(f.severity == ERROR for f in findings)
+    warnings = len(findings) - errors
+    failed = errors > 0 or (args.strict and warnings > 0)
+    if args.format == "json":
+        print(json.dumps({
+            "ok": not failed, "errors": errors, "warnings": warnings,
+            "findings": [f.as_dict() for f in findings],
+        }, indent=2))
+    else:
+        for f in findings:
+            print(f)
+        print(f"{errors} error(s), {warnings} warning(s)")
+    return 1 if failed else EXIT_OK
+
+
+def _test(args: argparse.Namespace) -> int:
+    from extauthz.policy import compile_policies, load_directory
+    from extauthz.policy.cases import CasesError, load_cases, run_cases
+
+    try:
+        engine = compile_policies(load_directory(args.directory, root_namespace=args.root_namespace))
+        cases = load_cases(args.cases)
+    except (PolicyError, CasesError) as exc:
+        print(f"extauthz test: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    results = run_cases(engine, cases)
+    failed = [r for r in results if not r.passed]
+    if args.format == "json":
+        print(json.dumps({
+            "passed": len(results) - len(failed), "failed": len(failed),
+            "results": [r.as_dict() for r in results],
+        }, indent=2))
+    else:
+        for r in results:
+            print(f"{'PASS' if r.passed else 'FAIL'}  {r.name}")
+            for m in r.mismatches:
+                print(f"      {m}  (policy {r.actual['policy']}, reason {r.actual['reason']})")
+        print(f"{len(results) - len(failed)} passed, {len(failed)} failed")
+    return 1 if failed else EXIT_OK
 
 
 def _envoy_config(args: argparse.Namespace) -> int:

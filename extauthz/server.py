@@ -33,6 +33,7 @@ log = logging.getLogger("extauthz.server")
 
 AUTHZ_SERVICE = "envoy.service.auth.v3.Authorization"
 CHECK_METHOD = "Check"
+POLICY_HEALTH_SERVICE = "extauthz.policy"
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 
 
@@ -106,6 +107,14 @@ class Service:
         )
         for name in ("", AUTHZ_SERVICE):
             self.health.set(name, status)
+        # Health detail: SERVING while the last policy edit loaded, NOT_SERVING while the last
+        # good set keeps serving after a refused edit (the log and the metrics say why).
+        self.health.set(
+            POLICY_HEALTH_SERVICE,
+            health_pb2.HealthCheckResponse.SERVING
+            if ok and store.engine is not None
+            else health_pb2.HealthCheckResponse.NOT_SERVING,
+        )
 
     def handle_check(self, data: bytes, context: Any) -> bytes:
         """The gRPC handler. Never raises: the worst case is the static deny answer."""
@@ -171,7 +180,11 @@ def serve(settings: Settings) -> int:
 
 def serve_worker(settings: Settings, worker: int | None = None) -> int:
     """One serving process on ``settings.listen`` with the chosen transport."""
-    store = PolicyStore(settings.policies, root_namespace=settings.root_namespace)
+    store = PolicyStore(
+        settings.policies,
+        root_namespace=settings.root_namespace,
+        xff_num_trusted_hops=settings.xff_num_trusted_hops,
+    )
     store.load()
     bundles = BundleStore.from_flags(settings.trust_bundle)
     bundles.load()  # BundleError at startup: the caller reports it and exits non-zero

@@ -34,6 +34,9 @@ class Settings:
     bind_token_to_peer: bool = False
     workload_api: str | None = None  # SPIFFE Workload API socket (default: $SPIFFE_ENDPOINT_SOCKET)
     root_namespace: str = "istio-system"
+    # remote.ip / remoteIpBlocks: how many trusted proxies stand in front of Envoy, each
+    # appending to x-forwarded-for. 0: the original client is the direct peer (XFF ignored).
+    xff_num_trusted_hops: int = 0
     drain_seconds: float = 5.0
     threads: int = 4  # bench/README.md: 4 beat 16 and 1 with grpcio's sync server
     transport: str = "h2corn"  # bench/README.md: ~3x grpcio's checks/s; grpcio is the fallback
@@ -62,6 +65,9 @@ class Settings:
             raise SettingsError("workers must be at least 1")
         if self.threads < 1:
             raise SettingsError("threads must be at least 1")
+        hops = self.xff_num_trusted_hops
+        if not isinstance(hops, int) or isinstance(hops, bool) or hops < 0:
+            raise SettingsError("xff_num_trusted_hops must be a whole number >= 0")
         if self.transport not in TRANSPORTS:
             raise SettingsError(f"transport {self.transport!r}: choose one of {', '.join(TRANSPORTS)}")
         if self.workers > 1:

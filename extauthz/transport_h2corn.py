@@ -30,7 +30,7 @@ from typing import Any
 
 from grpc_health.v1 import health_pb2
 
-from extauthz.server import AUTHZ_SERVICE, CHECK_METHOD, MAX_MESSAGE_BYTES, Service
+from extauthz.server import AUTHZ_SERVICE, CHECK_METHOD, MAX_MESSAGE_BYTES, POLICY_HEALTH_SERVICE, Service
 from extauthz.settings import Settings, parse_listen
 
 log = logging.getLogger("extauthz.transport.h2corn")
@@ -187,9 +187,11 @@ class GrpcApp:
             req = health_pb2.HealthCheckRequest.FromString(message or b"")
         except Exception:
             return INTERNAL, None
-        if req.service not in ("", AUTHZ_SERVICE):
+        if req.service not in ("", AUTHZ_SERVICE, POLICY_HEALTH_SERVICE):
             return NOT_FOUND, None
         serving = self.service.store.engine is not None and not self.draining
+        if req.service == POLICY_HEALTH_SERVICE:  # the last policy edit loaded (see server.py)
+            serving = serving and self.service.store.last_error is None
         status = (
             health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
         )

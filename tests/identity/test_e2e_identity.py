@@ -3,6 +3,7 @@ RequestAuthentication with a jwksUri on a loopback JWKS server, XFCC stripping."
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,15 +69,27 @@ class Stack:
     authz: ExtauthzProcess
     envoy: EnvoyProcess
     jwks: JwksServer
-    audited: int = 0
+    last: HttpResult | None = None
 
-    def audit(self) -> dict[str, object]:
-        """The audit record of the last request."""
-        return self.authz.wait_audit(self.audited + 1)[-1]
+    def audit(self, timeout: float = 5.0) -> dict[str, object]:
+        """The audit record of the last request, found by its decision id (the deny body names
+        it; an allowed request carries it upstream as x-request-id). Records are written in
+        batches, so "the newest line" could still be the previous request's."""
+        assert self.last is not None
+        if self.last.status == 200:
+            decision_id = self.echo.requests[-1].header("x-request-id")
+        else:
+            decision_id = self.last.json()["decision_id"]
+        deadline = time.monotonic() + timeout
+        while True:
+            for record in reversed(self.authz.audit_records()):
+                if record.get("decision_id") == decision_id:
+                    return record
+            assert time.monotonic() < deadline, f"no audit record for {decision_id}"
+            time.sleep(0.05)
 
     def request(self, who: str, path: str, headers: list[tuple[str, str]] | None = None) -> HttpResult:
-        self.audited = len(self.authz.audit_records())
-        return https_request(
+        self.last = https_request(
             self.envoy.listen_port,
             "GET",
             path,
@@ -84,6 +97,7 @@ class Stack:
             client=self.pki.files[who],
             headers=headers or [],
         )
+        return self.last
 
 
 @pytest.fixture(scope="module")

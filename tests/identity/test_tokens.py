@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from extauthz._pb.envoy.service.auth.v3 import external_auth_pb2 as ext
 from extauthz.authn import IdentityContext
 from extauthz.check import CheckCore
-from extauthz.policy import compile_policies, load_text
+from extauthz.policy import PolicyError, compile_policies, load_text
 from extauthz.samples import check_request
 
 from .helpers import (
@@ -296,9 +296,10 @@ spec:
 
 
 def test_mistyped_rule_fields_fail_closed() -> None:
-    # audiences as a bare string must not become a list of its characters.
+    # audiences as a bare string must not become a list of its characters: the loader refuses it.
     ra = request_authn(inline_rule().replace('audiences: ["api.shop"]', "audiences: a"))
-    assert resolve(resolver(ra), headers=bearer(mint(claims(aud="a")))).status == 401
+    with pytest.raises(PolicyError, match="audiences: expected a list"):
+        load_text(ra)
     # jwks written as a YAML mapping instead of a JSON string is accepted as the same document.
     ra = request_authn(
         f'{{issuer: "{ISSUER}", jwks: {{keys: [{json.dumps(jwk(RSA_KEY, "k1"))}]}}}}'

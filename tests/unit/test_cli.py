@@ -45,6 +45,8 @@ def test_check_denies_admin(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         "rule": 0,
         "headers": {},
         "decision_id": out["decision_id"],
+        "explanation": "denied by DENY policy istio-system/deny-admin rules[0]",
+        "failed": None,
     }
 
 
