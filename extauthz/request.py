@@ -6,6 +6,7 @@ Everything after parsing (identity, policy, cache, audit) reads this view, never
 from __future__ import annotations
 
 import re
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -40,6 +41,8 @@ def path_problem(path: str) -> str | None:
             return "backslash in path"
         if ch == "#":
             return "fragment in path"
+        if ch == ";":  # /admin;x=1 is /admin to Servlet containers (matrix parameters)
+            return "path parameter (';') in path"
         if o > 0x7E:
             return "non-ASCII character in path"
     if not _PATH_CHARS.fullmatch(path):
@@ -63,7 +66,13 @@ def path_problem(path: str) -> str | None:
             return "encoded unreserved character in path"
         if byte < 0x20 or byte == 0x7F:
             return "encoded control character in path"
+        if byte == 0x25 and len(path) >= i + 5 and set(path[i + 3 : i + 5]) <= _HEX_ANY:
+            return "double-encoded percent-escape in path"  # %252F: '/' after a second decode
         i = path.find("%", i + 3)
+    try:  # overlong forms (%C0%AF is a '/' to lenient decoders) and stray bytes are not UTF-8
+        urllib.parse.unquote_to_bytes(path).decode("utf-8")
+    except UnicodeDecodeError:
+        return "percent-escapes do not decode to UTF-8"
     return None
 
 

@@ -12,7 +12,6 @@ CANONICAL = [
     "/api/items",
     "/api/items/42",
     "/caf%C3%A9",
-    "/a/b;c=d",
     "/a:b@c!$&'()*+,=",
     "/x/%20y",
     "/with.dot/and..dots/file.txt",
@@ -50,6 +49,14 @@ NOT_CANONICAL = [
     ("/a b", "not allowed"),
     ('/a"b', "not allowed"),
     ("/a<b>", "not allowed"),
+    ("/a/b;c=d", "path parameter"),
+    ("/admin;", "path parameter"),
+    ("/a%252Fb", "double-encoded"),
+    ("/a%2541", "double-encoded"),
+    ("/a%C0%AFb", "UTF-8"),
+    ("/a%E0%80%AF", "UTF-8"),
+    ("/a%FF", "UTF-8"),
+    ("/caf%C3", "UTF-8"),
 ]
 
 
