@@ -21,6 +21,12 @@ _HEX_UPPER = frozenset("0123456789ABCDEF")
 _HEX_ANY = frozenset("0123456789ABCDEFabcdef")
 # Characters allowed raw in a canonical path: RFC 3986 pchar plus "/" (no "#", "\", space, ...).
 _PATH_CHARS = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/%]*")
+# A Host/:authority: a DNS name (one trailing dot allowed) or a bracketed IPv6 literal, and an
+# optional numeric port. No userinfo, no second port, no list: a backend may read those as the
+# denied host while the matcher sees another string.
+_AUTHORITY = re.compile(
+    r"(?:(?:[A-Za-z0-9_-]+\.)*[A-Za-z0-9_-]+\.?|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?"
+)
 # RFC 9110 token: a method never carries spaces or separators.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
@@ -165,6 +171,8 @@ def from_check_request(msg: Any) -> RequestView:
     problem = path_problem(path)
     if problem is None and not _TOKEN.fullmatch(method):
         problem = "method is not an HTTP token"
+    if problem is None and host and not _AUTHORITY.fullmatch(host):
+        problem = "malformed host"
     return RequestView(
         source=_peer(attrs.source),
         destination=destination,

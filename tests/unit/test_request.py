@@ -130,3 +130,15 @@ def test_namespace_of() -> None:
     assert namespace_of("td/ns/a/sa/b") == "a"
     assert namespace_of("spiffe://td/sa/b") == ""
     assert namespace_of("ns/a") == ""  # needs a segment before "ns"
+
+
+@pytest.mark.parametrize(
+    "host", ["a.svc:1:2", "x@a.svc", "a.svc:abc", "a.svc..", "a.svc,b.svc", "[a.svc]", " a.svc", "a.svc%2E"]
+)
+def test_malformed_hosts_are_not_canonical(host: str) -> None:
+    assert from_check_request(check_request(host=host)).problem == "malformed host"
+
+
+@pytest.mark.parametrize("host", ["a.svc", "A.Svc.:8443", "[::1]:80", "[::1]", "10.0.0.1:80", "a_b.svc", ""])
+def test_wellformed_hosts_pass(host: str) -> None:
+    assert from_check_request(check_request(host=host)).problem is None
