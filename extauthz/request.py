@@ -156,6 +156,7 @@ def from_check_request(msg: Any) -> RequestView:
     attrs = msg.attributes
     http = attrs.request.http
     headers = {k.lower(): v for k, v in http.headers.items()}
+    case_clash = len(headers) != len(http.headers)
     if not headers and len(http.header_map.headers):
         joined: dict[str, str] = {}
         for hv in http.header_map.headers:
@@ -173,6 +174,8 @@ def from_check_request(msg: Any) -> RequestView:
         problem = "method is not an HTTP token"
     if problem is None and host and not _AUTHORITY.fullmatch(host):
         problem = "malformed host"
+    if problem is None and case_clash:
+        problem = "header names repeated in different case"  # Envoy sends one lower-case key
     return RequestView(
         source=_peer(attrs.source),
         destination=destination,

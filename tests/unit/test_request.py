@@ -142,3 +142,19 @@ def test_malformed_hosts_are_not_canonical(host: str) -> None:
 @pytest.mark.parametrize("host", ["a.svc", "A.Svc.:8443", "[::1]:80", "[::1]", "10.0.0.1:80", "a_b.svc", ""])
 def test_wellformed_hosts_pass(host: str) -> None:
     assert from_check_request(check_request(host=host)).problem is None
+
+
+def test_header_names_folding_to_one_are_not_canonical() -> None:
+    view = from_check_request(check_request(headers={"X-Role": "admin", "x-role": "user"}))
+    assert view.problem == "header names repeated in different case"
+
+
+def test_raw_header_map_is_joined_and_canonical() -> None:
+    msg = check_request()
+    http = msg.attributes.request.http
+    http.ClearField("headers")
+    for k, v in ((":path", "/api/items"), ("x-role", "user"), ("x-role", "admin")):
+        http.header_map.headers.add(key=k, raw_value=v.encode())
+    view = from_check_request(msg)
+    assert view.problem is None
+    assert view.headers["x-role"] == "user,admin"
