@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup run test lint protos bench-grpc bench-rules bench-cache clean
+.PHONY: setup run test lint protos bench-grpc bench-rules bench-cache soak fuzz clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,5 +33,17 @@ lint: setup
 protos: setup
 	$(BIN)/python -m extauthz.protogen
 
+## Soak: 5 minutes through Envoy with hot reloads; JSON report in bench/results/soak.json.
+soak: setup
+	$(BIN)/python bench/soak.py --seconds 300
+
+## Longer fuzzing: 10 minutes per target (see tests/fuzz/README.md).
+fuzz: setup
+	mkdir -p .fuzz/check .fuzz/policy
+	$(BIN)/python tests/fuzz/run_atheris.py check -max_total_time=600 -timeout=10 -max_len=4096 \
+	    -print_final_stats=1 -artifact_prefix=.fuzz/check/ .fuzz/check
+	$(BIN)/python tests/fuzz/run_atheris.py policy -max_total_time=600 -timeout=10 -max_len=4096 \
+	    -dict=tests/fuzz/policy.dict -print_final_stats=1 -artifact_prefix=.fuzz/policy/ .fuzz/policy
+
 clean:
-	rm -rf $(VENV) .demo build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .demo .fuzz build *.egg-info .pytest_cache .mypy_cache .ruff_cache

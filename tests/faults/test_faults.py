@@ -329,3 +329,25 @@ def test_huge_policy_file_loads_while_checks_keep_being_answered(stack: Stack) -
     assert stack.status("intruder", "/api/huge-last") == 200
     assert stack.status("frontend", "/api/items") == 200
     assert stack.status("intruder", "/api/items") == 403
+
+
+# --------------------------------------------------------------------------- soak (smoke)
+
+
+def test_soak_script_runs_and_reports_zero_wrong_decisions() -> None:
+    """``bench/soak.py`` for 3 s: the documented soak must keep working (see bench/soak.py)."""
+    import json
+    import subprocess
+    import sys
+
+    repo = Path(__file__).resolve().parents[2]
+    proc = subprocess.run(
+        [sys.executable, str(repo / "bench" / "soak.py"), "--seconds", "3", "--clients", "2",
+         "--reload-every", "1", "--extra-rules", "50"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    report = json.loads(proc.stdout[proc.stdout.index("{") :])
+    assert report["wrong_decisions"] == 0 and report["failed_open"] == 0
+    assert report["audit_records_lost"] == 0
+    assert report["checks_served"] > 0 and report["reloads_applied"] >= 1
