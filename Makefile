@@ -37,11 +37,13 @@ protos: setup
 soak: setup
 	$(BIN)/python bench/soak.py --seconds 300
 
-## Longer fuzzing: 10 minutes per target (see tests/fuzz/README.md).
+## Longer fuzzing: 10 minutes per target (check, fields, policy) (see tests/fuzz/README.md).
 fuzz: setup
-	mkdir -p .fuzz/check .fuzz/policy
+	mkdir -p .fuzz/check .fuzz/fields .fuzz/policy
 	$(BIN)/python tests/fuzz/run_atheris.py check -max_total_time=600 -timeout=10 -max_len=4096 \
 	    -print_final_stats=1 -artifact_prefix=.fuzz/check/ .fuzz/check
+	$(BIN)/python tests/fuzz/run_atheris.py fields -max_total_time=600 -timeout=10 -max_len=4096 \
+	    -print_final_stats=1 -artifact_prefix=.fuzz/fields/ .fuzz/fields
 	$(BIN)/python tests/fuzz/run_atheris.py policy -max_total_time=600 -timeout=10 -max_len=4096 \
 	    -dict=tests/fuzz/policy.dict -print_final_stats=1 -artifact_prefix=.fuzz/policy/ .fuzz/policy
 

@@ -64,6 +64,10 @@ def run_core(policy_yaml: str, **request: Any) -> Outcome:
     assert allowed == decision.allowed == record["allowed"], (resp, decision, record)
     if not allowed:
         assert resp.WhichOneof("http_response") == "denied_response"
+        # Every deny is explained in the audit record: a reason, and for a refused request why.
+        assert record["reason"] not in ("", None, "allowed"), record
+        if record["reason"] == "invalid_request":
+            assert record["error"], record
     status = 200 if allowed else int(resp.denied_response.status.code)
     return Outcome(allowed, status, decision.reason, decision, resp)
 

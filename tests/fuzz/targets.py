@@ -12,6 +12,8 @@ that the policy set does not allow, judged by an oracle written here from the de
   ``/readyz``) for anyone, the frontend's GET ``/api/*`` and POST ``/api/orders`` in ``shop``,
   never ``/admin`` or below.
 
+``fields_target``: the same, with the bytes split at NUL into the request's string fields.
+
 ``policy_target``: the bytes (as UTF-8, errors replaced) are policy YAML for ``load_text``:
 only ``PolicyError`` may come out; a set that loads compiles and evaluates a request.
 
@@ -157,6 +159,39 @@ def check_target(data: bytes) -> None:
             assert ids == ["spiffe://" + _peer(msg)], (name, ids)
 
 
+def fields_target(data: bytes) -> None:
+    """The same invariants, with the bytes split at NUL into the request's string fields.
+
+    Raw protobuf bytes rarely decode into a request near a policy's edge; here every mutation
+    lands in a principal, path, method, host, header or namespace, so the oracle is exercised
+    on look-alikes of the one allowed principal and path.
+    """
+    check_target(fields_request(data).SerializeToString())
+
+
+FIELDS = ("principal", "path", "method", "host", "namespace", "destination_principal", "hname", "hvalue")
+
+
+def fields_request(data: bytes) -> ext.CheckRequest:
+    parts = [p.decode("utf-8", "replace") for p in data.split(b"\x00")]
+    parts += [""] * (len(FIELDS) - len(parts))
+    f = dict(zip(FIELDS, parts, strict=False))
+    headers = {f["hname"]: f["hvalue"]} if f["hname"] else {}
+    return check_request(
+        principal=f["principal"],
+        path=f["path"],
+        method=f["method"],
+        host=f["host"],
+        headers=headers,
+        context_extensions={"namespace": f["namespace"]} if f["namespace"] else {},
+        destination_principal=f["destination_principal"],
+    )
+
+
+def fields_bytes(**kw: str) -> bytes:
+    return b"\x00".join(kw.get(name, "").encode() for name in FIELDS)
+
+
 # --------------------------------------------------------------------------- the policy target
 
 _PROBE = check_request()
@@ -173,11 +208,26 @@ def policy_target(data: bytes) -> None:
     engine.evaluate(view, establish(view))
 
 
-TARGETS: dict[str, Callable[[bytes], None]] = {"check": check_target, "policy": policy_target}
+TARGETS: dict[str, Callable[[bytes], None]] = {
+    "check": check_target,
+    "fields": fields_target,
+    "policy": policy_target,
+}
 
 
 def seeds(target: str) -> list[bytes]:
     """A small starting corpus: real CheckRequests / the example policy files."""
+    if target == "fields":
+        ok = {"principal": "spiffe://" + FRONTEND, "path": "/api/items", "method": "GET",
+              "host": "api.shop.svc", "namespace": "shop"}
+        return [
+            fields_bytes(**ok),
+            fields_bytes(**{**ok, "path": "/api/orders", "method": "POST"}),
+            fields_bytes(**{**ok, "path": "/healthz", "principal": ""}),
+            fields_bytes(**{**ok, "path": "/admin/x"}),
+            fields_bytes(**{**ok, "namespace": "", "destination_principal": "spiffe://example.org/ns/shop/sa/api"}),
+            fields_bytes(**{**ok, "hname": "x-role", "hvalue": "admin"}),
+        ]
     if target == "policy":
         out = [p.read_bytes() for p in sorted((REPO / "policies").glob("*.yaml"))]
         return [*out, DENY_ALL.encode(), ONE.encode()]
