@@ -4,7 +4,7 @@
 - the service hangs (SIGSTOP) and checks run past Envoy's deadline; a 1 ms deadline;
 - a policy file that is invalid in six ways lands on reload: the last good set keeps serving and
   the watcher survives to load the next good set;
-- a huge policy file (``FAULT_HUGE_RULES`` rules, default 5,000; 20,000 measured by hand, see
+- a huge policy file (``FAULT_HUGE_RULES`` rules, default 3,000; 20,000 measured by hand, see
   README) loads while checks keep being answered from the last good set.
 
 Everything listens on loopback and every loop is bounded in time.
@@ -280,7 +280,7 @@ def test_invalid_policy_on_reload_keeps_the_last_good_set(stack: Stack) -> None:
 
 # --------------------------------------------------------------------------- huge policy files
 
-HUGE_RULES = int(os.environ.get("FAULT_HUGE_RULES", "5000"))
+HUGE_RULES = int(os.environ.get("FAULT_HUGE_RULES", "3000"))
 
 
 def huge_policy(

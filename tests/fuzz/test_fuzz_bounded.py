@@ -1,4 +1,4 @@
-"""A bounded coverage-guided fuzz run of each target (about 8 s each; ``-m "not fuzz"`` skips).
+"""A bounded coverage-guided fuzz run of each target (about 6 s each; ``-m "not fuzz"`` skips).
 
 Runs ``run_atheris.py`` in a subprocess from the seed corpus. A crash
 fails the test with the saved input's path: keep it under ``corpus-regressions/<target>/`` once
@@ -26,7 +26,7 @@ pytestmark = [
     pytest.mark.skipif(importlib.util.find_spec("atheris") is None, reason="atheris not installed"),
 ]
 
-SECONDS = int(os.environ.get("FUZZ_SECONDS", "8"))
+SECONDS = int(os.environ.get("FUZZ_SECONDS", "6"))
 
 
 @pytest.mark.parametrize("target", sorted(targets.TARGETS))
