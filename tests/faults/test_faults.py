@@ -224,16 +224,21 @@ def test_one_millisecond_deadline_denies(tmp_path: Path, pki: DevPki, echo_serve
         envoy.start()
         s = Stack(pki, echo_server, authz, envoy, policy_dir)
         echo_server.clear()
-        statuses = Counter(s.status(who, "/api/items") for who in ["frontend"] * 8 + ["intruder"] * 4)
+        frontend = Counter(s.status("frontend", "/api/items") for _ in range(8))
+        intruder = Counter(s.status("intruder", "/api/items") for _ in range(4))
         stats = _authz_stats(envoy)
     finally:
         envoy.stop()
         authz.stop()
-    print(f"1 ms deadline: {dict(statuses)}, envoy ext_authz {stats}")
-    assert statuses == Counter({403: 12}), statuses
-    assert echo_server.requests == []
+    print(f"1 ms deadline: frontend {dict(frontend)}, intruder {dict(intruder)}, envoy ext_authz {stats}")
+    assert intruder == Counter({403: 4}), intruder
     assert stats["failure_mode_allowed"] == 0
-    assert stats["error"] >= 8  # the frontend's checks ran past the deadline
+    # Every frontend 200 is a check the service answered in time (Envoy's ``ok``: on a busy
+    # machine Envoy may read a late answer before its 1 ms timer fires); every other one ran
+    # past the deadline and is a 403, never a 200.
+    assert frontend[200] == stats["ok"] == len(echo_server.requests), (frontend, stats)
+    assert frontend[403] == 8 - stats["ok"], frontend
+    assert stats["error"] >= frontend[403] >= 1, (frontend, stats)  # the deadline did bite
 
 
 # --------------------------------------------------------------------------- bad reloads
