@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup run test lint protos bench-grpc bench-rules bench-cache clean
+.PHONY: setup run test lint protos bench-grpc bench-rules bench-cache soak fuzz clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,13 +37,10 @@ protos: setup
 bench-rules: setup
 	$(BIN)/python bench/rules.py
 
-clean:
-	rm -rf $(VENV) .demo build *.egg-info .pytest_cache .mypy_cache .ruff_cache
-
 ## Benchmarks (bench/README.md): h2load from Debian's nghttp2-client, matplotlib for the charts.
 .PHONY: bench-deps bench-envoy bench-scale bench-stacks
 bench-deps: setup
-	command -v h2load >/dev/null || apt-get install -y nghttp2-client
+	command -v h2load >/dev/null || (apt-get update -qq && apt-get install -y -qq nghttp2-client wrk)
 	$(BIN)/python -m pip install -q -e '.[test,bench]'
 
 bench-grpc: bench-deps
@@ -57,3 +54,20 @@ bench-scale: bench-deps
 
 bench-stacks: bench-deps
 	$(BIN)/python bench/run.py stacks
+
+## Soak: 5 minutes through Envoy with hot reloads; JSON report in bench/results/soak.json.
+soak: setup
+	$(BIN)/python bench/soak.py --seconds 300
+
+## Longer fuzzing: 10 minutes per target (check, fields, policy) (see tests/fuzz/README.md).
+fuzz: setup
+	mkdir -p .fuzz/check .fuzz/fields .fuzz/policy
+	$(BIN)/python tests/fuzz/run_atheris.py check -max_total_time=600 -timeout=10 -max_len=4096 \
+	    -print_final_stats=1 -artifact_prefix=.fuzz/check/ .fuzz/check
+	$(BIN)/python tests/fuzz/run_atheris.py fields -max_total_time=600 -timeout=10 -max_len=4096 \
+	    -print_final_stats=1 -artifact_prefix=.fuzz/fields/ .fuzz/fields
+	$(BIN)/python tests/fuzz/run_atheris.py policy -max_total_time=600 -timeout=10 -max_len=4096 \
+	    -dict=tests/fuzz/policy.dict -print_final_stats=1 -artifact_prefix=.fuzz/policy/ .fuzz/policy
+
+clean:
+	rm -rf $(VENV) .demo .fuzz build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -6,6 +6,7 @@ Everything after parsing (identity, policy, cache, audit) reads this view, never
 from __future__ import annotations
 
 import re
+import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -20,6 +21,12 @@ _HEX_UPPER = frozenset("0123456789ABCDEF")
 _HEX_ANY = frozenset("0123456789ABCDEFabcdef")
 # Characters allowed raw in a canonical path: RFC 3986 pchar plus "/" (no "#", "\", space, ...).
 _PATH_CHARS = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/%]*")
+# A Host/:authority: a DNS name (one trailing dot allowed) or a bracketed IPv6 literal, and an
+# optional numeric port. No userinfo, no second port, no list: a backend may read those as the
+# denied host while the matcher sees another string.
+_AUTHORITY = re.compile(
+    r"(?:(?:[A-Za-z0-9_-]+\.)*[A-Za-z0-9_-]+\.?|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?"
+)
 # RFC 9110 token: a method never carries spaces or separators.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
@@ -40,6 +47,8 @@ def path_problem(path: str) -> str | None:
             return "backslash in path"
         if ch == "#":
             return "fragment in path"
+        if ch == ";":  # /admin;x=1 is /admin to Servlet containers (matrix parameters)
+            return "path parameter (';') in path"
         if o > 0x7E:
             return "non-ASCII character in path"
     if not _PATH_CHARS.fullmatch(path):
@@ -63,7 +72,13 @@ def path_problem(path: str) -> str | None:
             return "encoded unreserved character in path"
         if byte < 0x20 or byte == 0x7F:
             return "encoded control character in path"
+        if byte == 0x25 and len(path) >= i + 5 and set(path[i + 3 : i + 5]) <= _HEX_ANY:
+            return "double-encoded percent-escape in path"  # %252F: '/' after a second decode
         i = path.find("%", i + 3)
+    try:  # overlong forms (%C0%AF is a '/' to lenient decoders) and stray bytes are not UTF-8
+        urllib.parse.unquote_to_bytes(path).decode("utf-8")
+    except UnicodeDecodeError:
+        return "percent-escapes do not decode to UTF-8"
     return None
 
 
@@ -141,6 +156,7 @@ def from_check_request(msg: Any) -> RequestView:
     attrs = msg.attributes
     http = attrs.request.http
     headers = {k.lower(): v for k, v in http.headers.items()}
+    case_clash = len(headers) != len(http.headers)
     if not headers and len(http.header_map.headers):
         joined: dict[str, str] = {}
         for hv in http.header_map.headers:
@@ -156,6 +172,10 @@ def from_check_request(msg: Any) -> RequestView:
     problem = path_problem(path)
     if problem is None and not _TOKEN.fullmatch(method):
         problem = "method is not an HTTP token"
+    if problem is None and host and not _AUTHORITY.fullmatch(host):
+        problem = "malformed host"
+    if problem is None and case_clash:
+        problem = "header names repeated in different case"  # Envoy sends one lower-case key
     return RequestView(
         source=_peer(attrs.source),
         destination=destination,

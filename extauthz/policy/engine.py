@@ -157,7 +157,21 @@ def _remote_ip_reader(trusted_hops: int) -> Reader:
 
 
 def _reader_host(ctx: Context) -> tuple[str, ...]:
+    """Istio's reading: the authority as sent, port included (``hosts: [h]`` is not ``h:80``)."""
     return _one(_authority(ctx.request))
+
+
+def _reader_host_spellings(ctx: Context) -> tuple[str, ...]:
+    """Every spelling of the destination host: as sent, and without port and trailing dot.
+
+    Used where matching more can only deny more (see ``_field``): a DENY on ``h`` then also
+    catches ``h:8443`` and ``h.``, which Envoy routes to the same place.
+    """
+    authority = _authority(ctx.request)
+    bare = ctx.request.host
+    if not authority or authority == bare:
+        return _one(bare)
+    return (authority, bare) if bare else (authority,)
 
 
 def _reader_port(ctx: Context) -> tuple[str, ...]:
@@ -223,6 +237,24 @@ def _header_reader(name: str) -> Reader:
     return read
 
 
+def _header_elements_reader(name: str) -> Reader:
+    """The header as Envoy joined its repeats (``a,b``), and each element on its own.
+
+    Used where matching more can only deny more (see ``_field``): ``x-role: user`` sent next
+    to ``x-role: admin`` arrives as ``user,admin`` and must not slip past a DENY on ``admin``.
+    """
+
+    def read(ctx: Context) -> tuple[str, ...]:
+        v = ctx.request.headers.get(name)
+        if v is None:
+            return ()
+        if "," not in v:
+            return (v,)
+        return (v, *(e.strip() for e in v.split(",")))
+
+    return read
+
+
 def header_name(key: str) -> str:
     return key[len("request.headers[") : -1].lower()
 
@@ -271,12 +303,27 @@ def _field(
     negated: Sequence[str],
     read: Reader,
     compile_values: Callable[[Sequence[str]], Callable[[str], bool]],
+    *,
+    wide: Reader | None = None,
+    deny: bool = False,
 ) -> None:
+    """Checks for one field and its ``not`` form.
+
+    ``wide`` reads every equivalent spelling of the attribute (a host with and without its
+    port, each element of a joined header). It is used wherever matching more can only deny
+    more: the positive form in a DENY policy, the ``not`` form in an ALLOW policy. Elsewhere
+    ``read`` (Istio's exact reading) keeps an ALLOW as narrow as Istio's.
+    """
+    wide = wide or read
     if values:
-        out.append(_values_check(f"{prefix}.{yaml_name}", read, compile_values(values), negate=False))
+        out.append(_values_check(
+            f"{prefix}.{yaml_name}", wide if deny else read, compile_values(values), negate=False
+        ))
     if negated:
         not_name = "not" + yaml_name[0].upper() + yaml_name[1:]
-        out.append(_values_check(f"{prefix}.{not_name}", read, compile_values(negated), negate=True))
+        out.append(_values_check(
+            f"{prefix}.{not_name}", read if deny else wide, compile_values(negated), negate=True
+        ))
 
 
 def _strings(values: Sequence[str]) -> Matcher:
@@ -316,12 +363,13 @@ def _compile_source(src: Source, prefix: str, rd: _Readers) -> tuple[Check, ...]
     return tuple(out)
 
 
-def _compile_operation(op: Operation, prefix: str) -> tuple[Check, ...]:
+def _compile_operation(op: Operation, prefix: str, deny: bool = False) -> tuple[Check, ...]:
     out: list[Check] = []
     # Cheapest and most selective first: a rule usually fails on its method or path.
     _field(out, prefix, "methods", op.methods, op.not_methods, _reader_method, _methods)
     _field(out, prefix, "paths", op.paths, op.not_paths, _reader_path, _paths)
-    _field(out, prefix, "hosts", op.hosts, op.not_hosts, _reader_host, _hosts)
+    _field(out, prefix, "hosts", op.hosts, op.not_hosts, _reader_host, _hosts,
+           wide=_reader_host_spellings, deny=deny)
     _field(out, prefix, "ports", op.ports, op.not_ports, _reader_port, _strings)
     return tuple(out)
 
@@ -359,17 +407,25 @@ def _condition_matcher(key: str, values: Sequence[str]) -> Callable[[str], bool]
     return m
 
 
-def _compile_condition(cond: Condition, prefix: str, rd: _Readers) -> tuple[Check, ...]:
+def _compile_condition(
+    cond: Condition, prefix: str, rd: _Readers, deny: bool = False
+) -> tuple[Check, ...]:
     read = _condition_reader(cond.key, rd)
+    wide = (
+        _header_elements_reader(header_name(cond.key))
+        if cond.key.startswith("request.headers[")
+        else read
+    )
     out: list[Check] = []
+    # As in _field: every spelling where matching more can only deny more.
     if cond.values:
         out.append(
-            _values_check(f"{prefix}.values", read, _condition_matcher(cond.key, cond.values),
-                          negate=False)
+            _values_check(f"{prefix}.values", wide if deny else read,
+                          _condition_matcher(cond.key, cond.values), negate=False)
         )
     if cond.not_values:
         out.append(
-            _values_check(f"{prefix}.notValues", read,
+            _values_check(f"{prefix}.notValues", read if deny else wide,
                           _condition_matcher(cond.key, cond.not_values), negate=True)
         )
     return tuple(out)
@@ -432,16 +488,18 @@ def _compile_rule(
     rule: Rule, index: int, order: int, policy: CompiledPolicy, rd: _Readers
 ) -> CompiledRule:
     base = f"rules[{index}]"
+    deny = policy.policy.action == DENY
     sources = tuple(
         _compile_source(s, f"{base}.from[{i}].source", rd) for i, s in enumerate(rule.sources)
     )
     operations = tuple(
-        _compile_operation(o, f"{base}.to[{i}].operation") for i, o in enumerate(rule.operations)
+        _compile_operation(o, f"{base}.to[{i}].operation", deny)
+        for i, o in enumerate(rule.operations)
     )
     conditions = tuple(
         c
         for i, cond in enumerate(rule.conditions)
-        for c in _compile_condition(cond, f"{base}.when[{i}]({cond.key})", rd)
+        for c in _compile_condition(cond, f"{base}.when[{i}]({cond.key})", rd, deny)
     )
     parts: list[Predicate] = []
     if policy.selector_test is not None:

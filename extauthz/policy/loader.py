@@ -136,6 +136,8 @@ def _parse_yaml(text: str, name: str) -> list[Any]:
         raise PolicyError(Where(name, line), f"YAML error: {exc.problem or exc}") from exc
     except yaml.YAMLError as exc:
         raise PolicyError(Where(name, 0), f"YAML error: {exc}") from exc
+    except RecursionError as exc:  # "[[[[..." a few thousand deep: refuse, don't crash the reload
+        raise PolicyError(Where(name, 0), "YAML error: nested too deeply") from exc
 
 
 def build_policy_set(

@@ -12,7 +12,6 @@ CANONICAL = [
     "/api/items",
     "/api/items/42",
     "/caf%C3%A9",
-    "/a/b;c=d",
     "/a:b@c!$&'()*+,=",
     "/x/%20y",
     "/with.dot/and..dots/file.txt",
@@ -50,6 +49,14 @@ NOT_CANONICAL = [
     ("/a b", "not allowed"),
     ('/a"b', "not allowed"),
     ("/a<b>", "not allowed"),
+    ("/a/b;c=d", "path parameter"),
+    ("/admin;", "path parameter"),
+    ("/a%252Fb", "double-encoded"),
+    ("/a%2541", "double-encoded"),
+    ("/a%C0%AFb", "UTF-8"),
+    ("/a%E0%80%AF", "UTF-8"),
+    ("/a%FF", "UTF-8"),
+    ("/caf%C3", "UTF-8"),
 ]
 
 
@@ -123,3 +130,31 @@ def test_namespace_of() -> None:
     assert namespace_of("td/ns/a/sa/b") == "a"
     assert namespace_of("spiffe://td/sa/b") == ""
     assert namespace_of("ns/a") == ""  # needs a segment before "ns"
+
+
+@pytest.mark.parametrize(
+    "host", ["a.svc:1:2", "x@a.svc", "a.svc:abc", "a.svc..", "a.svc,b.svc", "[a.svc]", " a.svc", "a.svc%2E"]
+)
+def test_malformed_hosts_are_not_canonical(host: str) -> None:
+    assert from_check_request(check_request(host=host)).problem == "malformed host"
+
+
+@pytest.mark.parametrize("host", ["a.svc", "A.Svc.:8443", "[::1]:80", "[::1]", "10.0.0.1:80", "a_b.svc", ""])
+def test_wellformed_hosts_pass(host: str) -> None:
+    assert from_check_request(check_request(host=host)).problem is None
+
+
+def test_header_names_folding_to_one_are_not_canonical() -> None:
+    view = from_check_request(check_request(headers={"X-Role": "admin", "x-role": "user"}))
+    assert view.problem == "header names repeated in different case"
+
+
+def test_raw_header_map_is_joined_and_canonical() -> None:
+    msg = check_request()
+    http = msg.attributes.request.http
+    http.ClearField("headers")
+    for k, v in ((":path", "/api/items"), ("x-role", "user"), ("x-role", "admin")):
+        http.header_map.headers.add(key=k, raw_value=v.encode())
+    view = from_check_request(msg)
+    assert view.problem is None
+    assert view.headers["x-role"] == "user,admin"
