@@ -5,11 +5,12 @@
 In-process, one thread: ``CheckCore.answer`` on serialized CheckRequests (what the gRPC handler
 calls), so the ratios show the work the cache and the audit writer add or save, without grpcio.
 
-The token case: a policy that allows ``requestPrincipals: [https://issuer.example/alice]`` for
-requests carrying an RS256 JWT. Token validation (issue 4) is not on this branch, so the bench
-stands in for it honestly: its identity step verifies the RS256 signature with PyJWT
-(``jwt.decode`` with the public key, issuer and audience checks) on every uncached check, exactly
-the work a validator does per request, and builds the ``Token`` from the claims.
+The token case: a RequestAuthentication with an inline JWKS (one RS256 key, 2048 bits) and a
+policy that allows ``requestPrincipals: [https://issuer.example/alice]``: the service's own token
+validation (extauthz.tokens) runs. It keeps verified tokens until their ``exp``, so "cache off"
+below still skips the signature check for a token seen before; "nothing cached" cycles through
+256 distinct tokens with the validator's token cache off and a decision cache too small to hit:
+every check verifies a signature.
 
 Traffic: 256 pre-serialized requests, each with its own x-request-id, cycling over 16 distinct
 (path, token) combinations: after warm-up every check is a hit, like a busy service with a handful
@@ -28,13 +29,11 @@ Results: a table on stdout and JSON in bench/results/cache.json.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -43,16 +42,16 @@ sys.path.insert(0, str(REPO))
 
 import jwt  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
+from jwt.algorithms import RSAAlgorithm  # noqa: E402
 
 from extauthz import check as check_mod  # noqa: E402
 from extauthz import response  # noqa: E402
+from extauthz import tokens as tokens_mod  # noqa: E402
 from extauthz._pb.envoy.service.auth.v3 import external_auth_pb2 as ext  # noqa: E402
 from extauthz.audit import AuditLog, FileSink  # noqa: E402
 from extauthz.cache import DecisionCache  # noqa: E402
 from extauthz.check import CheckCore  # noqa: E402
-from extauthz.identity import Identity, Token, establish  # noqa: E402
 from extauthz.policy import compile_policies, load_text  # noqa: E402
-from extauthz.request import RequestView  # noqa: E402
 from extauthz.samples import check_request  # noqa: E402
 
 ISSUER = "https://issuer.example"
@@ -65,7 +64,7 @@ metadata: {{name: jwt, namespace: shop}}
 spec:
   jwtRules:
   - issuer: {ISSUER}
-    jwksUri: {ISSUER}/jwks
+    jwks: '{{JWKS}}'
 ---
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
@@ -89,35 +88,8 @@ spec:
 """
 
 
-def make_token_identity(public_key: Any) -> Callable[[RequestView], Identity]:
-    """The bench's stand-in for issue 4's token validation: a real RS256 verification."""
-
-    def identity(req: RequestView) -> Identity:
-        base = establish(req)
-        auth = req.headers.get("authorization", "")
-        if not auth.startswith("Bearer "):
-            return base
-        raw = auth[len("Bearer ") :]
-        try:
-            claims = jwt.decode(
-                raw, public_key, algorithms=["RS256"], issuer=ISSUER, audience=AUDIENCE
-            )
-        except jwt.InvalidTokenError:
-            return base
-        token = Token(
-            issuer=claims["iss"],
-            subject=claims["sub"],
-            audiences=(AUDIENCE,),
-            claims=claims,
-            expires_at=float(claims["exp"]),
-            fingerprint=hashlib.sha256(raw.encode()).hexdigest(),
-        )
-        return Identity(peer=base.peer, peer_verified=base.peer_verified, token=token)
-
-    return identity
-
-
 def traffic(tokens: list[str], *, with_token: bool, distinct: int = 16) -> list[bytes]:
+    distinct = min(distinct, 256)
     out = []
     for i in range(256):
         combo = i % distinct
@@ -157,7 +129,9 @@ def render_costs(core: CheckCore, data: bytes, iterations: int = 20000) -> dict[
 
     def whole() -> bytes:
         md = {**check_mod.metadata(decision), "decision_id": decision.decision_id}
-        return response.allow(decision.headers, managed=managed, metadata=md)
+        return response.allow(
+            decision.headers, decision.remove_headers, managed=managed, metadata=md
+        )
 
     assert ext.CheckResponse.FromString(whole()) == ext.CheckResponse.FromString(
         prepared.finish(decision.decision_id)
@@ -198,18 +172,17 @@ def main() -> int:
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     now = int(time.time())
-    tokens = [
-        jwt.encode(
-            {"iss": ISSUER, "sub": sub, "aud": AUDIENCE, "iat": now, "exp": now + 3600,
-             "jti": f"t{i}"},
-            key,
-            algorithm="RS256",
-            headers={"kid": "k1"},
-        )
-        for i, sub in enumerate(("alice", "bob", "alice", "bob"))  # 4 distinct tokens
-    ]
-    check_mod.establish = make_token_identity(key.public_key())  # type: ignore[assignment]
-    engine = compile_policies(load_text(POLICY))
+
+    def token(i: int, sub: str) -> str:
+        claims = {"iss": ISSUER, "sub": sub, "aud": AUDIENCE, "iat": now, "exp": now + 3600,
+                  "jti": f"t{i}"}
+        return jwt.encode(claims, key, algorithm="RS256", headers={"kid": "k1"})
+
+    tokens = [token(i, sub) for i, sub in enumerate(("alice", "bob", "alice", "bob"))]
+    fresh = [token(100 + i, "alice") for i in range(256)]  # never repeated within a cycle
+    jwk = json.loads(RSAAlgorithm.to_jwk(key.public_key()))
+    jwks = json.dumps({"keys": [{**jwk, "kid": "k1", "alg": "RS256", "use": "sig"}]})
+    engine = compile_policies(load_text(POLICY.replace("{JWKS}", jwks)))
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-cache-"))
     audit = AuditLog(FileSink(tmp / "audit.log"), capacity=1 << 20)
@@ -217,7 +190,9 @@ def main() -> int:
     mtls_reqs = traffic(tokens, with_token=False)
     # 256 distinct requests through a 128-entry cache, in order: every lookup misses.
     miss_reqs = traffic(tokens, with_token=False, distinct=256)
+    fresh_reqs = traffic(fresh, with_token=True, distinct=256)
     cores: dict[str, tuple[CheckCore, list[bytes]]] = {
+        "token, nothing cached": (CheckCore(lambda: engine, cache=DecisionCache(128)), fresh_reqs),
         "token, cache off": (CheckCore(lambda: engine), token_reqs),
         "token, cache on": (CheckCore(lambda: engine, cache=DecisionCache()), token_reqs),
         "mTLS, cache off": (CheckCore(lambda: engine), mtls_reqs),
@@ -232,6 +207,13 @@ def main() -> int:
             mtls_reqs,
         ),
     }
+    # "nothing cached": its token validator (built on the core's first check) keeps no tokens,
+    # and its decision cache is smaller than the 256 requests it cycles through.
+    defaults = tokens_mod.TokenValidator.__init__.__kwdefaults__
+    assert defaults is not None
+    defaults["cache_size"] = 0
+    cores["token, nothing cached"][0].answer(fresh_reqs[0])
+    defaults["cache_size"] = 10_000
     # Every request is decided as intended (allowed), with and without the cache.
     for name, (core, reqs) in cores.items():
         for data in reqs[:32]:
@@ -250,6 +232,7 @@ def main() -> int:
         "checks_per_second": {k: round(statistics.median(v)) for k, v in rates.items()},
         "ratios": {
             "token: cache on / off": ratio("token, cache on", "token, cache off"),
+            "token: cache on / nothing cached": ratio("token, cache on", "token, nothing cached"),
             "mTLS: cache on / off": ratio("mTLS, cache on", "mTLS, cache off"),
             "mTLS: all misses / cache off": ratio("mTLS, cache on, all misses", "mTLS, cache off"),
             "audit on / off (cache off)": ratio("mTLS, cache off, audit on", "mTLS, cache off"),
@@ -260,7 +243,7 @@ def main() -> int:
         "audit_records_lost": audit.lost,
         "seconds_per_case_per_round": args.seconds,
         "rounds": args.rounds,
-        "token_validation": "stand-in: PyJWT RS256 verify (2048-bit key) per uncached check",
+        "token_validation": "extauthz.tokens, RS256 2048-bit, inline JWKS",
     }
     miss_core = cores["mTLS, cache on, all misses"][0]
     # (only the warm-up requests can hit: the loop revisits a request only after 255 others)
