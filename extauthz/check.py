@@ -329,9 +329,11 @@ class CheckCore:
     def _with_headers(self, decision: Decision) -> Decision:
         """Add the configured identity headers to an allow (before the token outputs)."""
         if decision.allowed:
+            managed = self._managed
             decision.headers = (
                 *self.identity_headers.values(decision.identity),
-                *decision.headers,
+                # A token output never sets an identity header (Envoy applies the last value).
+                *(h for h in decision.headers if h[0] not in managed),
             )
         return decision
 
