@@ -171,7 +171,12 @@ def _reader_host_spellings(ctx: Context) -> tuple[str, ...]:
     bare = ctx.request.host
     if not authority or authority == bare:
         return _one(bare)
-    return (authority, bare) if bare else (authority,)
+    if not bare:
+        return (authority,)
+    _, colon, port = authority.rpartition(":")
+    if colon and port.isdigit() and f"{bare}:{port}" != authority:
+        return (authority, bare, f"{bare}:{port}")  # h.:8443 is also h:8443
+    return (authority, bare)
 
 
 def _reader_port(ctx: Context) -> tuple[str, ...]:
