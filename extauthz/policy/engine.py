@@ -287,6 +287,10 @@ def _ip_matcher(blocks: Iterable[str]) -> Callable[[str], bool]:
             ip = ipaddress.ip_address(address)
         except ValueError:
             return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            v4 = ip.ipv4_mapped  # ::ffff:1.2.3.4 is the IPv4 client 1.2.3.4: either spelling
+            if any(n.version == 4 and v4 in n for n in networks):
+                return True
         return any(ip.version == n.version and ip in n for n in networks)
 
     return match
