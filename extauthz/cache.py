@@ -90,7 +90,7 @@ def plan_for(engine: Engine) -> KeyPlan:
                 continue
             for h in rule.get("fromHeaders") or ():
                 if isinstance(h, Mapping) and isinstance(h.get("name"), str):
-                    headers.add(h["name"].lower())
+                    headers.add(h["name"].strip().lower())  # as authn reads it
             if rule.get("fromCookies"):
                 headers.add("cookie")
     return KeyPlan(engine.generation, tuple(sorted(headers)), query)

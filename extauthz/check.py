@@ -306,10 +306,13 @@ class CheckCore:
                 rid = req.request_id or new_decision_id()
                 return Decision(False, 403, REASON_QUARANTINED, rid), None
         cache = self.cache
-        resolver = self.identity.resolver(engine.policies) if engine is not None else None
         if cache is None or engine is None or req.problem is not None:
+            resolver = self.identity.resolver(engine.policies) if engine is not None else None
             return self._with_headers(decide(engine, req, resolver)), None
+        # The key (it holds the bundle generation) before the resolver (it holds the bundles):
+        # a swap in between then files this decision under the old generation, never the new.
         key = cache.key(engine, req)
+        resolver = self.identity.resolver(engine.policies)
         cached: tuple[Decision, response.Prepared] | None = cache.get(key)
         if cached is not None:
             rid = req.request_id or new_decision_id()
@@ -326,9 +329,11 @@ class CheckCore:
     def _with_headers(self, decision: Decision) -> Decision:
         """Add the configured identity headers to an allow (before the token outputs)."""
         if decision.allowed:
+            managed = self._managed
             decision.headers = (
                 *self.identity_headers.values(decision.identity),
-                *decision.headers,
+                # A token output never sets an identity header (Envoy applies the last value).
+                *(h for h in decision.headers if h[0] not in managed),
             )
         return decision
 

@@ -171,7 +171,12 @@ def _reader_host_spellings(ctx: Context) -> tuple[str, ...]:
     bare = ctx.request.host
     if not authority or authority == bare:
         return _one(bare)
-    return (authority, bare) if bare else (authority,)
+    if not bare:
+        return (authority,)
+    _, colon, port = authority.rpartition(":")
+    if colon and port.isdigit() and f"{bare}:{port}" != authority:
+        return (authority, bare, f"{bare}:{port}")  # h.:8443 is also h:8443
+    return (authority, bare)
 
 
 def _reader_port(ctx: Context) -> tuple[str, ...]:
@@ -282,6 +287,10 @@ def _ip_matcher(blocks: Iterable[str]) -> Callable[[str], bool]:
             ip = ipaddress.ip_address(address)
         except ValueError:
             return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            v4 = ip.ipv4_mapped  # ::ffff:1.2.3.4 is the IPv4 client 1.2.3.4: either spelling
+            if any(n.version == 4 and v4 in n for n in networks):
+                return True
         return any(ip.version == n.version and ip in n for n in networks)
 
     return match

@@ -439,7 +439,8 @@ def _fields(
             compile_matcher(values, paths=yaml_name in ("paths", "notPaths"))
         except PatternError as exc:
             raise ctx.error(node, f"{what}.{yaml_name}: {exc}") from exc
-        out[attr] = values
+        if values:  # ``paths: []`` constrains nothing: as absent (Istio), never as "match all"
+            out[attr] = values
     return out
 
 
