@@ -243,7 +243,10 @@ class CheckCore:
         self.identity = identity or IdentityContext()
         self.cache = cache
         self.identity_headers = identity_headers or response.IdentityHeaders()
-        self._managed = self.identity_headers.names
+        # x-spiffe-id stays managed whatever the setting names: a client's copy never passes.
+        self._managed = tuple(
+            dict.fromkeys((*self.identity_headers.names, *response.IDENTITY_HEADERS))
+        )
         self.quarantine = quarantine
         self.audit = audit
         self.metrics = metrics

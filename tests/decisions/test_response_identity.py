@@ -217,3 +217,12 @@ def test_metadata_content_leaves_out_none_and_the_decision_id(md: dict[str, Any]
     got = struct_pb2.Struct.FromString(response._metadata_content({**md, "decision_id": "x"}))
     assert got == want
     assert "decision_id" not in got.fields and "peer" not in got.fields
+
+
+def test_x_spiffe_id_stays_managed_when_the_setting_names_other_headers() -> None:
+    headers = IdentityHeaders.from_mapping({"x-peer": "peer"})
+    core = CheckCore(lambda: ENGINE, identity_headers=headers)
+    resp = answer(core, headers={"x-tenant": "acme", "x-spiffe-id": "spiffe://evil/x"})
+    assert resp.status.code == 0
+    assert [h.header.key for h in resp.ok_response.headers] == ["x-peer"]
+    assert "x-spiffe-id" in resp.ok_response.headers_to_remove
