@@ -216,3 +216,15 @@ def test_metrics_count_each_outcome_and_reason_apart() -> None:
     assert get("extauthz_checks_total", {"outcome": "allow", "reason": "allowed"}) == 2.0
     assert get("extauthz_checks_total", {"outcome": "deny", "reason": "denied_by_policy"}) == 1.0
     assert get("extauthz_check_duration_seconds_count") == 3.0
+
+
+def test_a_forked_worker_never_reuses_its_parents_pending_decision_ids() -> None:
+    import os
+
+    check_mod.new_decision_id()  # the pool now holds ids the parent will hand out
+    assert check_mod._id_pool
+    pid = os.fork()
+    if pid == 0:  # the child: nothing inherited
+        os._exit(0 if not check_mod._id_pool else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
