@@ -2,6 +2,7 @@
 
     python bench/run.py grpc [--seconds 5] [--connections 4] [--streams 16]
                              [--transports grpcio,h2corn] [--workers 1] [--open-loop]
+                             [--uncached]
 
 h2load (Debian package nghttp2-client) sends a real gRPC unary call: a POST of a 5-byte-prefixed
 CheckRequest (SPIFFE principal, ~10 headers, a ~600-byte bearer JWT) with
@@ -9,7 +10,9 @@ CheckRequest (SPIFFE principal, ~10 headers, a ~600-byte bearer JWT) with
 (same transport, fixed OK answer) gives the ceiling; extauthz then answers an allowed and a
 denied request. ``per_core`` divides by the CPU the server actually used, so it does not depend
 on how the 2 cores are shared with h2load. ``--open-loop`` adds one run per extauthz server at
-50% of its measured maximum (h2load ``--rps``) for latency.
+50% of its measured maximum (h2load ``--rps``) for latency. The same request repeated is a
+decision-cache hit after the first; ``--uncached`` adds the allowed request against a server
+started with ``cache_size: 0`` (every check decided again).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -55,12 +59,15 @@ def noop_cmd(transport: str, port: int) -> list[str]:
     raise SystemExit(f"unknown transport {transport}")
 
 
-def extauthz_cmd(transport: str, port: int, workers: int, policies: str) -> list[str]:
+def extauthz_cmd(
+    transport: str, port: int, workers: int, policies: str, config: str | None = None
+) -> list[str]:
     return [
         sys.executable,
         "-m",
         "extauthz",
         "serve",
+        *(["--config", config] if config else []),
         "--policies",
         policies,
         "--listen",
@@ -83,6 +90,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--policies", default="policies")
     p.add_argument("--open-loop", action="store_true", help="also run at 50%% of the maximum")
+    p.add_argument(
+        "--uncached",
+        action="store_true",
+        help="also run the allowed request against a server with the decision cache off",
+    )
     args = p.parse_args(argv)
     need("h2load", "nghttp2-client")
     kw: dict[str, Any] = {"conns": args.connections, "streams": args.streams}
@@ -121,6 +133,24 @@ def main(argv: list[str] | None = None) -> int:
                             target_rps=round(rate),
                         )
                     )
+        if args.uncached:
+            with tempfile.NamedTemporaryFile("w", suffix=".yaml") as config:
+                config.write("cache_size: 0\n")
+                config.flush()
+                port = free_port()
+                cmd = extauthz_cmd(transport, port, args.workers, args.policies, config.name)
+                with started(f"extauthz-{transport}-uncached", cmd, port=port) as proc:
+                    load, split = grpc_point({"server": proc.pid}, port, bodies["allow"], args.seconds, **kw)
+                pc = per_core(load, split)
+                rows.append(
+                    row(
+                        f"extauthz-{transport}-allow-uncached",
+                        load,
+                        split,
+                        per_core=pc,
+                        ratio_to_noop=round(pc / base, 3) if base else 0.0,
+                    )
+                )
         print(f"{transport}: done", file=sys.stderr)
     save(
         "grpc",

@@ -6,6 +6,7 @@
     python bench/run.py rules   # policy-size sweep (bench/rules.py, from the policy work)
     python bench/run.py stacks  # how the gRPC stack was chosen (grpcio variants, ASGI servers)
     python bench/run.py profile # py-spy profile of the service under h2load
+    python bench/run.py hotpath # CheckCore.answer in process: CPU per check, step by step
     python bench/run.py all     # grpc, envoy, scale, rules (and stacks), one after the other
 
 Options after the command go to it (``python bench/run.py grpc --seconds 10 --open-loop``).
@@ -32,6 +33,7 @@ COMMANDS = {
     "rules": "rules",
     "stacks": "bench_stacks",
     "profile": "bench_profile",
+    "hotpath": "hotpath",
 }
 
 

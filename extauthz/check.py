@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -72,13 +72,38 @@ class Decision:
     challenge: str | None = None  # WWW-Authenticate of a 401
 
 
+_DECISION_FIELDS = tuple(f.name for f in dataclasses.fields(Decision))
+
+
+def _hit(cached: Decision, decision_id: str) -> Decision:
+    """A copy of a cached decision for this request (half the cost of dataclasses.replace)."""
+    decision = Decision(*[getattr(cached, name) for name in _DECISION_FIELDS])
+    decision.decision_id = decision_id
+    decision.cache = "hit"
+    return decision
+
+
 # For callers of decide() without a resolver: no bundles, no trusted proxies; remote key sets
 # shared across calls (never a fetch per call).
 _DEFAULT_IDENTITY = IdentityContext()
 
 
+# Decision ids drawn from the OS's random source 256 at a time: one getrandom() call where
+# there were 256. list.pop() is atomic, so threads never share an id; a forked child starts
+# with an empty pool (it must not hand out its parent's ids).
+_ID_BATCH = 256
+_id_pool: list[str] = []
+os.register_at_fork(after_in_child=_id_pool.clear)
+
+
 def new_decision_id() -> str:
-    return uuid.uuid4().hex
+    """128 random bits as 32 hex digits (the shape of uuid4().hex, without its cost)."""
+    try:
+        return _id_pool.pop()
+    except IndexError:
+        block = os.urandom(16 * _ID_BATCH).hex()
+        _id_pool.extend(block[i : i + 32] for i in range(32, len(block), 32))
+        return block[:32]
 
 
 def decide(
@@ -319,7 +344,8 @@ class CheckCore:
         cached: tuple[Decision, response.Prepared] | None = cache.get(key)
         if cached is not None:
             rid = req.request_id or new_decision_id()
-            return dataclasses.replace(cached[0], decision_id=rid, cache="hit"), cached[1]
+            return _hit(cached[0], rid), cached[1]
+        resolver = self.identity.resolver(engine.policies)
         decision = self._with_headers(decide(engine, req, resolver))
         if decision.reason not in CACHEABLE_REASONS or decision.error is not None:
             return decision, None

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -71,9 +71,15 @@ class Metrics:
         )
         self._live = _LiveCollector()
         r.register(self._live)
+        # Bound children of `checks` per (allowed, reason): .labels() costs more than .inc().
+        self._check_counters: dict[tuple[bool, str], Any] = {}
 
     def observe(self, allowed: bool, reason: str, seconds: float) -> None:
-        self.checks.labels("allow" if allowed else "deny", reason).inc()
+        counter = self._check_counters.get((allowed, reason))
+        if counter is None:  # reasons are a closed set: this dict stays small
+            counter = self.checks.labels("allow" if allowed else "deny", reason)
+            self._check_counters[(allowed, reason)] = counter
+        counter.inc()
         self.duration.observe(seconds)
 
     # State read at scrape time.

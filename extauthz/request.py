@@ -21,6 +21,8 @@ _HEX_UPPER = frozenset("0123456789ABCDEF")
 _HEX_ANY = frozenset("0123456789ABCDEFabcdef")
 # Characters allowed raw in a canonical path: RFC 3986 pchar plus "/" (no "#", "\", space, ...).
 _PATH_CHARS = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/%]*")
+# The same without ";" and "%": a path of only these needs no per-character or escape checks.
+_PLAIN_PATH = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,=:@/]*")
 # A Host/:authority: a DNS name (one trailing dot allowed) or a bracketed IPv6 literal, and an
 # optional numeric port. No userinfo, no second port, no list: a backend may read those as the
 # denied host while the matcher sees another string.
@@ -39,6 +41,12 @@ def path_problem(path: str) -> str | None:
     """
     if not path.startswith("/"):
         return "path does not start with '/'"
+    if _PLAIN_PATH.fullmatch(path):  # the common case: no escapes, nothing but plain pchars
+        if "//" in path:
+            return "empty path segment"
+        if "/." in path and any(segment in (".", "..") for segment in path.split("/")):
+            return "dot segment in path"
+        return None
     for ch in path:
         o = ord(ch)
         if o < 0x20 or o == 0x7F:
@@ -155,8 +163,12 @@ def from_check_request(msg: Any) -> RequestView:
     """Build the view from a decoded ``envoy.service.auth.v3.CheckRequest``."""
     attrs = msg.attributes
     http = attrs.request.http
-    headers = {k.lower(): v for k, v in http.headers.items()}
-    case_clash = len(headers) != len(http.headers)
+    headers = dict(http.headers)
+    names = "".join(headers)
+    case_clash = False
+    if names != names.lower():  # Envoy sends lower-case names: lower them only when needed
+        headers = {k.lower(): v for k, v in headers.items()}
+        case_clash = len(headers) != len(http.headers)
     if not headers and len(http.header_map.headers):
         joined: dict[str, str] = {}
         for hv in http.header_map.headers:
@@ -186,7 +198,9 @@ def from_check_request(msg: Any) -> RequestView:
         path=path,
         query=query if sep else "",
         headers=MappingProxyType(headers),
-        context_extensions=MappingProxyType(dict(attrs.context_extensions)),
+        context_extensions=(
+            MappingProxyType(dict(attrs.context_extensions)) if attrs.context_extensions else _EMPTY
+        ),
         request_id=headers.get("x-request-id", "") or http.id,
         protocol=http.protocol,
         scheme=http.scheme,

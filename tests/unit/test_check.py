@@ -189,3 +189,42 @@ def test_audit_record_fields(core: CheckCore) -> None:
     assert "secret" not in json.dumps(record)  # the query (which may carry tokens) is not recorded
     assert record["token"] == {"iss": None, "sub": None}
     assert record["time"].endswith("Z") and len(record["time"]) == len("2026-01-01T00:00:00.000000Z")
+
+
+def test_generated_decision_ids_are_128_random_bits_in_hex() -> None:
+    ids = {check_mod.new_decision_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    assert all(len(i) == 32 and int(i, 16) >= 0 and i == i.lower() for i in ids)
+
+
+def test_a_cache_hit_copies_the_decision_with_its_own_id() -> None:
+    cached = check_mod.Decision(True, 200, "allowed", "first", policy="ns/p", rule=2,
+                                headers=(("x-a", "1"),))
+    hit = check_mod._hit(cached, "second")
+    assert (hit.decision_id, hit.cache) == ("second", "hit")
+    assert (cached.decision_id, cached.cache) == ("first", "miss")  # the cached one is untouched
+    assert (hit.allowed, hit.policy, hit.rule, hit.headers) == (True, "ns/p", 2, (("x-a", "1"),))
+
+
+def test_metrics_count_each_outcome_and_reason_apart() -> None:
+    from extauthz.metrics import Metrics
+
+    m = Metrics()
+    for allowed, reason in [(True, "allowed"), (True, "allowed"), (False, "denied_by_policy")]:
+        m.observe(allowed, reason, 0.001)
+    get = m.registry.get_sample_value
+    assert get("extauthz_checks_total", {"outcome": "allow", "reason": "allowed"}) == 2.0
+    assert get("extauthz_checks_total", {"outcome": "deny", "reason": "denied_by_policy"}) == 1.0
+    assert get("extauthz_check_duration_seconds_count") == 3.0
+
+
+def test_a_forked_worker_never_reuses_its_parents_pending_decision_ids() -> None:
+    import os
+
+    check_mod.new_decision_id()  # the pool now holds ids the parent will hand out
+    assert check_mod._id_pool
+    pid = os.fork()
+    if pid == 0:  # the child: nothing inherited
+        os._exit(0 if not check_mod._id_pool else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

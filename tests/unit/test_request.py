@@ -15,6 +15,9 @@ CANONICAL = [
     "/a:b@c!$&'()*+,=",
     "/x/%20y",
     "/with.dot/and..dots/file.txt",
+    "/.well-known/openid-configuration",
+    "/a/.b/..c/...",
+    "/a/b/",
 ]
 
 NOT_CANONICAL = [
@@ -27,6 +30,9 @@ NOT_CANONICAL = [
     ("/api/../admin", "dot segment"),
     ("/api/..", "dot segment"),
     ("/.", "dot segment"),
+    ("/..", "dot segment"),
+    ("/a/.", "dot segment"),
+    ("/../a", "dot segment"),
     ("/api\\..\\admin", "backslash"),
     ("/api%2Fadmin", "encoded slash"),
     ("/api%2fadmin", "lower-case"),
