@@ -1,23 +1,28 @@
-"""Soak: a bounded load through the real Envoy with hot policy reloads during it.
+"""Soak: a bounded load through the real Envoy with hot policy reloads and trust-bundle
+rotations during it.
 
-    python bench/soak.py [--seconds 60] [--clients 4] [--reload-every 2.0]
+    python bench/soak.py [--seconds 60] [--clients 4] [--reload-every 2.0] [--rotate-every 3.0]
 
 Starts the dev PKI, an echo upstream, ``extauthz serve`` and Envoy (mTLS) on loopback. Client
 threads keep one HTTPS connection each and cycle through probes whose correct answer is fixed:
 the frontend's GET /api/items (allow), its GET /api/admin (deny) and the intruder's GET
 /api/items (deny). Every ``--reload-every`` seconds the policy directory changes between two
 sets that give the probes the same answers (the second adds unrelated rules), so a reload must
-never change a decision. At the end the service is stopped gracefully and the report says:
+never change a decision. The service verifies peers against ``--trust-bundle example.org=FILE``
+(the dev CA); every ``--rotate-every`` seconds FILE is replaced atomically (write + rename) by
+the dev CA plus a second CA, then by the dev CA alone again: the bundle watcher reloads it, and
+no probe's answer may change. At the end the service is stopped gracefully and the report says:
 
 - checks served (Envoy's ext_authz ok + denied) and requests sent;
 - wrong decisions: failed open (a deny probe answered 2xx) and wrong denies (an allow probe denied
   by extauthz itself: a 403 carrying ``x-extauthz-decision-id``); a 403 without it is Envoy's own
   fail-closed answer (deadline, connection loss), reported as ``denied_on_error``;
 - audit records lost: checks served minus lines in the audit log;
-- memory: the service's RSS after warm-up and at the end.
+- memory: the service's RSS after warm-up and at the end;
+- bundle rotations requested and applied (reloads the service logged whose CA count differs from
+  the previous one: 1 -> 2 -> 1 ...).
 
-Pending (with the features that bring them): trust-bundle rotations (issue 4), cache hit ratios
-(issue 5). Results: JSON on stdout and in bench/results/soak.json.
+Results: JSON on stdout and in bench/results/soak.json.
 """
 
 from __future__ import annotations
@@ -25,6 +30,8 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
+import re
 import shutil
 import sys
 import tempfile
@@ -44,6 +51,7 @@ from extauthz.devenv.echo import EchoServer  # noqa: E402
 from extauthz.devenv.net import LOOPBACK  # noqa: E402
 from extauthz.devenv.pki import build_pki  # noqa: E402
 from extauthz.devenv.processes import EnvoyProcess, ExtauthzProcess  # noqa: E402
+from extauthz.devpki import make_ca  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 
@@ -86,6 +94,19 @@ PROBES = [
     ("frontend", "/api/admin", False),
     ("intruder", "/api/items", False),
 ]
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def rotations_applied(stderr: str) -> tuple[int, int]:
+    """(bundle reloads logged, those that changed the CA count): the rotations the service saw."""
+    counts = [int(m) for m in re.findall(r"trust bundles reloaded: .*'x509_authorities': (\d+)", stderr)]
+    changes = sum(1 for a, b in zip([1, *counts], counts, strict=False) if a != b)
+    return len(counts), changes
 
 
 def rss_kb(pid: int) -> int:
@@ -140,6 +161,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--clients", type=int, default=4)
     ap.add_argument("--reload-every", type=float, default=2.0)
+    ap.add_argument("--rotate-every", type=float, default=3.0, help="trust-bundle rotation period (s)")
     ap.add_argument("--extra-rules", type=int, default=500)
     ap.add_argument("--timeout", type=float, default=0.5, help="Envoy's ext_authz deadline (s)")
     args = ap.parse_args()
@@ -151,8 +173,15 @@ def main() -> int:
     policies.mkdir()
     (policies / "base.yaml").write_text(BASE)
     extra = extra_rules(args.extra_rules)
+    bundle = work / "bundle" / "example.org.pem"
+    bundle.parent.mkdir()
+    single = pki.ca.cert_pem
+    double = pki.ca.cert_pem + make_ca("example.org").cert_pem
+    bundle.write_bytes(single)
     with EchoServer() as echo:
-        authz = ExtauthzProcess(policies, work / "extauthz").start()
+        authz = ExtauthzProcess(
+            policies, work / "extauthz", extra_args=["--trust-bundle", f"example.org={bundle}"]
+        ).start()
         envoy = EnvoyProcess(
             work / "envoy", upstream=echo.address, authz_endpoints=[authz.endpoint],
             tls=pki.envoy_tls(), context_extensions={"namespace": "shop"}, timeout_s=args.timeout,
@@ -170,15 +199,25 @@ def main() -> int:
             assert authz.pid is not None
             rss_start = rss_kb(authz.pid)
             started = time.monotonic()
-            reloads = 0
-            while time.monotonic() - started < args.seconds:
-                time.sleep(args.reload_every)
-                extra_file = policies / "extra.yaml"
-                if extra_file.exists():
-                    extra_file.unlink()
-                else:
-                    extra_file.write_text(extra)
-                reloads += 1
+            reloads = rotations = 0
+            next_reload, next_rotate = started + args.reload_every, started + args.rotate_every
+            while True:
+                now = time.monotonic()
+                if now - started >= args.seconds:
+                    break
+                if now >= next_reload:
+                    extra_file = policies / "extra.yaml"
+                    if extra_file.exists():
+                        extra_file.unlink()
+                    else:
+                        extra_file.write_text(extra)
+                    reloads += 1
+                    next_reload += args.reload_every
+                if now >= next_rotate:
+                    rotations += 1
+                    write_atomically(bundle, double if rotations % 2 else single)
+                    next_rotate += args.rotate_every
+                time.sleep(max(0.0, min(next_reload, next_rotate, started + args.seconds) - time.monotonic()))
             rss_end = rss_kb(authz.pid)
             stop.set()
             for c in clients:
@@ -198,6 +237,7 @@ def main() -> int:
         served = stats.get("ok", 0) + stats.get("denied", 0)
         audit_lines = len(authz.audit_records())
         stderr = authz.stderr_text()
+        bundle_reloads, bundle_applied = rotations_applied(stderr)
         report = {
             "seconds": round(elapsed, 1),
             "clients": args.clients,
@@ -207,6 +247,10 @@ def main() -> int:
             "reloads_requested": reloads,
             "reloads_applied": stderr.count("policies loaded: generation") - 1,
             "reloads_refused": stderr.count("policy reload refused"),
+            "bundle_rotations_requested": rotations,
+            "bundle_rotations_applied": bundle_applied,
+            "bundle_reloads": bundle_reloads,
+            "bundle_reloads_refused": stderr.count("not reloaded, keeping the last good one"),
             "outcomes": dict(outcomes),
             "failed_open": outcomes["failed_open"],
             "wrong_decisions": outcomes["failed_open"] + outcomes["wrong_deny"],

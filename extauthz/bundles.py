@@ -196,6 +196,8 @@ class BundleStore:
         with self._lock:
             self._from_files = loaded
             self._swap()
+            current = self.current
+        log.info("trust bundles reloaded: generation %d, %s", current.generation, describe(current))
         return ok
 
     def update_from_api(

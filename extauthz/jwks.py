@@ -167,7 +167,8 @@ def next_version() -> int:
 class RemoteJwks:
     """A ``jwksUri`` key set: fetched in the background, cached, refreshed at bounded rates.
 
-    ``keys(kid)`` never blocks longer than ``wait`` seconds and never starts more than one fetch
+    ``keys(kid)`` never blocks longer than ``wait`` seconds after a fetch began (a fetch that hangs
+    does not hold up every later check: they answer at once) and never starts more than one fetch
     at a time; an unknown ``kid`` starts a fetch only when the last one began at least
     ``min_refresh_interval`` seconds ago.
     """
@@ -177,7 +178,7 @@ class RemoteJwks:
         uri: str,
         *,
         timeout: float = 5.0,
-        wait: float = 1.0,
+        wait: float = 0.1,  # well under Envoy's ext_authz deadline (0.25 s by default)
         ttl: float = 300.0,
         min_refresh_interval: float = 30.0,
         clock: Any = time.monotonic,
@@ -195,6 +196,7 @@ class RemoteJwks:
         self._fetched_at = 0.0
         self._attempted_at: float | None = None
         self._inflight: threading.Event | None = None
+        self._inflight_since = 0.0
         self.fetches = 0  # fetches started (for tests and metrics)
 
     def start(self) -> None:
@@ -211,7 +213,9 @@ class RemoteJwks:
         # No keys yet, or an unknown kid: a fetch, rate limited; wait for it (bounded).
         event = self._maybe_fetch(force=False)
         if event is not None:
-            event.wait(self.wait)
+            remaining = self._inflight_since + self.wait - self._clock()
+            if remaining > 0:
+                event.wait(remaining)
         return self._keyset
 
     def _maybe_fetch(self, *, force: bool) -> threading.Event | None:
@@ -228,6 +232,7 @@ class RemoteJwks:
             self._attempted_at = now
             self.fetches += 1
             event = self._inflight = threading.Event()
+            self._inflight_since = now
         threading.Thread(target=self._fetch, args=(event,), name="jwks-fetch", daemon=True).start()
         return event
 

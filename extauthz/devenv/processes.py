@@ -12,7 +12,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self
@@ -36,7 +36,13 @@ class _Process:
         self.proc: subprocess.Popen[bytes] | None = None
         self._files: list[IO[bytes]] = []
 
-    def _spawn(self, cmd: Sequence[str], *, env: Mapping[str, str] | None = None) -> None:
+    def _spawn(
+        self,
+        cmd: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        preexec_fn: Callable[[], None] | None = None,
+    ) -> None:
         if self.running:
             raise RuntimeError(f"{self.name} already running")
         out = open(self.stdout_path, "ab")  # noqa: SIM115
@@ -49,6 +55,7 @@ class _Process:
             stderr=err,
             cwd=str(REPO_ROOT),
             env=dict(env) if env is not None else None,
+            preexec_fn=preexec_fn,
         )
 
     @property
@@ -143,8 +150,10 @@ class ExtauthzProcess(_Process):
         unix_socket: Path | None = None,
         extra_args: Sequence[str] = (),
         env: Mapping[str, str] | None = None,
+        preexec_fn: Callable[[], None] | None = None,
     ) -> None:
         super().__init__(workdir)
+        self.preexec_fn = preexec_fn  # run in the child before exec (resource limits in fault tests)
         self.policy_dir = Path(policy_dir)
         self.audit_log = Path(audit_log) if audit_log is not None else self.workdir / "audit.log"
         self.unix_socket = unix_socket
@@ -188,7 +197,7 @@ class ExtauthzProcess(_Process):
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
         env["PYTHONUNBUFFERED"] = "1"
         env.update(self.extra_env)
-        self._spawn(self.command(), env=env)
+        self._spawn(self.command(), env=env, preexec_fn=self.preexec_fn)
         try:
             self.wait_serving(timeout)
         except BaseException:
