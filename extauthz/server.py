@@ -10,6 +10,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from types import FrameType
 from typing import Any
@@ -246,8 +247,11 @@ def _serve_grpcio(service: Service, settings: Settings) -> int:
     )
     while not stop.wait(1.0):
         pass
-    log.info("stopping: draining in-flight checks (up to %.1fs)", settings.drain_seconds)
     service.health.enter_graceful_shutdown()
+    if settings.drain_delay > 0:
+        log.info("stopping: NOT_SERVING, still deciding for %.1fs", settings.drain_delay)
+        time.sleep(settings.drain_delay)
+    log.info("stopping: draining in-flight checks (up to %.1fs)", settings.drain_seconds)
     server.stop(settings.drain_seconds).wait()
     return 0
 

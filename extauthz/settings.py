@@ -38,6 +38,9 @@ class Settings:
     # appending to x-forwarded-for. 0: the original client is the direct peer (XFF ignored).
     xff_num_trusted_hops: int = 0
     drain_seconds: float = 5.0
+    # On SIGTERM: answer NOT_SERVING but keep deciding this long before closing the listener, so
+    # health-checking Envoys move away first (set it above their health-check interval).
+    drain_delay: float = 0.0
     threads: int = 4  # bench/README.md: 4 beat 16 and 1 with grpcio's sync server
     transport: str = "h2corn"  # bench/README.md: ~3x grpcio's checks/s; grpcio is the fallback
     log_level: str = "info"

@@ -272,10 +272,19 @@ def serve_h2corn(service: Service, settings: Settings) -> int:
     async def main() -> None:
         loop = asyncio.get_running_loop()
 
-        def stop() -> None:
+        def shutdown() -> None:
             log.info("stopping: draining in-flight checks (up to %.1fs)", settings.drain_seconds)
-            app.draining = True
             server.shutdown()
+
+        def stop() -> None:
+            if app.draining:
+                return
+            app.draining = True  # health answers NOT_SERVING from now on; checks still decided
+            if settings.drain_delay > 0:
+                log.info("stopping: NOT_SERVING, still deciding for %.1fs", settings.drain_delay)
+                loop.call_later(settings.drain_delay, shutdown)
+            else:
+                shutdown()
 
         def reload() -> None:
             loop.run_in_executor(None, service.reload)

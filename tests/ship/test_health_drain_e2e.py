@@ -44,11 +44,16 @@ def _wait(predicate: Callable[[], bool], timeout: float = 15.0) -> bool:
 
 
 def test_health_checked_replicas_and_sigterm_drain(
+    tmp_path: Path,
     pki: DevPki,
     extauthz_factory: Callable[..., ExtauthzProcess],
     envoy_factory: Callable[..., EnvoyProcess],
 ) -> None:
-    a = extauthz_factory(REPO / "policies")
+    # drain_delay above Envoy's 2 s health-check interval: Envoy sees NOT_SERVING and moves away
+    # while the replica still decides; the generated retry policy covers what is left.
+    config = tmp_path / "drain.yaml"
+    config.write_text("drain_delay: 2.5\n")
+    a = extauthz_factory(REPO / "policies", extra_args=["--config", str(config)])
     b = extauthz_factory(REPO / "policies")
     envoy = envoy_factory(
         [a.endpoint, b.endpoint], authz_health_check=True, context_extensions={"namespace": "shop"}
@@ -79,6 +84,7 @@ def test_health_checked_replicas_and_sigterm_drain(
         stop.set()
         for t in threads:
             t.join(30)
+    assert "stopping: NOT_SERVING, still deciding" in a.stderr_text()
     assert "stopping: draining" in a.stderr_text()
     assert set(results) == {200}, results  # no check failed closed during the stop
     assert envoy.stats().get("http.ingress_http.ext_authz.extauthz.error", 0) == 0
