@@ -154,6 +154,7 @@ def _load(stack: Stack, tally: Tally, stop: threading.Event, who: str, path: str
 
 def test_kill_and_restart_under_load_never_allows_wrongly(stack: Stack) -> None:
     """SIGKILL, SIGTERM, SIGKILL of the service while three clients keep calling through Envoy."""
+    stack.echo.clear()  # the echo server is shared by the session: judge only this test's traffic
     tally = Tally()
     stop = threading.Event()
     workers = [threading.Thread(target=_load, args=(stack, tally, stop, *t), daemon=True) for t in TRAFFIC]
