@@ -290,6 +290,25 @@ class CheckCore:
         """What the server calls: check, audit (failing closed if so set), metrics."""
         start = time.perf_counter()
         body, record, decision, req = self._check(lambda: ext.CheckRequest.FromString(data))
+        return self._audit_and_count(body, record, decision, req, start)
+
+    def answer_malformed(self, error: str) -> bytes:
+        """A call whose gRPC framing was bad (transports that parse frames themselves): denied,
+        audited and counted like an undecodable CheckRequest."""
+        start = time.perf_counter()
+        decision = Decision(False, 403, REASON_MALFORMED, new_decision_id(), error=error)
+        body = self._render_safely(decision)
+        return self._audit_and_count(body, audit_record(decision, None, 0), decision, None, start)
+
+    def _audit_and_count(
+        self,
+        body: bytes,
+        record: dict[str, Any],
+        decision: Decision,
+        req: RequestView | None,
+        start: float,
+    ) -> bytes:
+        """Audit (failing closed if so set) and metrics: the end of every answered call."""
         if self.worker is not None:
             record["worker"] = self.worker
         audit = self.audit

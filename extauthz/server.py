@@ -24,7 +24,7 @@ from extauthz.audit import AuditLog
 from extauthz.authn import IdentityContext
 from extauthz.bundles import BundleStore, BundleWatcher
 from extauthz.cache import DecisionCache
-from extauthz.check import REASON_MALFORMED, CheckCore, Decision, audit_record, new_decision_id, render
+from extauthz.check import CheckCore
 from extauthz.metrics import Metrics
 from extauthz.reload import DirectoryWatcher, PolicyStore
 from extauthz.response import IdentityHeaders
@@ -51,7 +51,6 @@ class Service:
         worker: int | None = None,
     ) -> None:
         self.settings = settings
-        self.worker = worker  # index under `serve --workers N` (N > 1): in every audit record
         self.store = store
         self.audit = audit
         self.metrics = Metrics().install()
@@ -130,15 +129,7 @@ class Service:
         """A call whose gRPC framing was bad (transports that parse frames themselves): deny it,
         count it and audit it like an undecodable CheckRequest. Never raises."""
         try:
-            decision = Decision(False, 403, REASON_MALFORMED, new_decision_id(), error=error)
-            body = render(decision)
-            self.metrics.observe(False, decision.reason, 0.0)
-            self.metrics.bad_requests.labels("malformed").inc()
-            record = audit_record(decision, None, 0)
-            if self.worker is not None:
-                record["worker"] = self.worker
-            self.audit.emit(record)  # a refused record is counted by the audit log
-            return body
+            return self.core.answer_malformed(error)
         except Exception:
             log.exception("malformed-call handler failed; answering deny")
             return response.STATIC_DENY
