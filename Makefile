@@ -20,7 +20,7 @@ run: setup
 
 ## The whole test suite: generated code fresh, lint, types, unit and end-to-end tests.
 test: setup
-	$(BIN)/python -m extauthz.protogen --check
+	$(BIN)/python -m extauthz.tools.protogen --check
 	$(BIN)/ruff check extauthz tests bench
 	$(BIN)/mypy extauthz
 	$(BIN)/python -m pytest -q
@@ -31,7 +31,7 @@ lint: setup
 
 ## Regenerate extauthz/_pb from protos/.
 protos: setup
-	$(BIN)/python -m extauthz.protogen
+	$(BIN)/python -m extauthz.tools.protogen
 
 ## Policy-size benchmark: checks/s over 10, 1,000 and 10,000 rules (JSON in bench/results/).
 bench-rules: setup

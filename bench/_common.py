@@ -169,7 +169,7 @@ BEARER = (
 
 def check_request_bytes(*, allowed: bool = True, token: bool = True) -> bytes:
     """A realistic CheckRequest: SPIFFE principal, ~10 headers, a ~600-byte bearer JWT."""
-    from extauthz.samples import check_request
+    from extauthz.tools.samples import check_request
 
     headers = {
         "user-agent": "bench/1.0",

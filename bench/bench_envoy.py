@@ -44,7 +44,7 @@ from _common import (
 )
 
 from extauthz.devenv.processes import EnvoyProcess
-from extauthz.envoy_config import bootstrap
+from extauthz.tools.envoy_config import bootstrap
 
 POLICY = """\
 apiVersion: security.istio.io/v1

@@ -7,7 +7,7 @@ calls), so the ratios show the work the cache and the audit writer add or save, 
 
 The token case: a RequestAuthentication with an inline JWKS (one RS256 key, 2048 bits) and a
 policy that allows ``requestPrincipals: [https://issuer.example/alice]``: the service's own token
-validation (extauthz.tokens) runs. It keeps verified tokens until their ``exp``, so "cache off"
+validation (extauthz.identity.jwt) runs. It keeps verified tokens until their ``exp``, so "cache off"
 below still skips the signature check for a token seen before; "nothing cached" cycles through
 256 distinct tokens with the validator's token cache off and a decision cache too small to hit:
 every check verifies a signature.
@@ -44,15 +44,15 @@ import jwt  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
 from jwt.algorithms import RSAAlgorithm  # noqa: E402
 
-from extauthz import check as check_mod  # noqa: E402
-from extauthz import response  # noqa: E402
-from extauthz import tokens as tokens_mod  # noqa: E402
+from extauthz import pipeline as check_mod  # noqa: E402
 from extauthz._pb.envoy.service.auth.v3 import external_auth_pb2 as ext  # noqa: E402
-from extauthz.audit import AuditLog, FileSink  # noqa: E402
-from extauthz.cache import DecisionCache  # noqa: E402
-from extauthz.check import CheckCore  # noqa: E402
+from extauthz.decision.audit import AuditLog, FileSink  # noqa: E402
+from extauthz.decision.cache import DecisionCache  # noqa: E402
+from extauthz.envoy import response  # noqa: E402
+from extauthz.identity import jwt as tokens_mod  # noqa: E402
+from extauthz.pipeline import CheckCore  # noqa: E402
 from extauthz.policy import compile_policies, load_text  # noqa: E402
-from extauthz.samples import check_request  # noqa: E402
+from extauthz.tools.samples import check_request  # noqa: E402
 
 ISSUER = "https://issuer.example"
 AUDIENCE = "api.shop.svc"
@@ -150,7 +150,7 @@ def render_costs(core: CheckCore, data: bytes, iterations: int = 20000) -> dict[
 
 def key_cost(engine: Any, data: bytes, iterations: int = 20000) -> float:
     """CPU µs to build one cache key (the source address is in it, always: one tuple element)."""
-    from extauthz.request import from_check_request
+    from extauthz.envoy.request import from_check_request
 
     cache = DecisionCache()
     req = from_check_request(ext.CheckRequest.FromString(data))
@@ -243,7 +243,7 @@ def main() -> int:
         "audit_records_lost": audit.lost,
         "seconds_per_case_per_round": args.seconds,
         "rounds": args.rounds,
-        "token_validation": "extauthz.tokens, RS256 2048-bit, inline JWKS",
+        "token_validation": "extauthz.identity.jwt, RS256 2048-bit, inline JWKS",
     }
     miss_core = cores["mTLS, cache on, all misses"][0]
     # (only the warm-up requests can hit: the loop revisits a request only after 255 others)

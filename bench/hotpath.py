@@ -25,15 +25,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from _common import check_request_bytes
 
-from extauthz import check as check_mod
+from extauthz import pipeline as check_mod
 from extauthz._pb.envoy.service.auth.v3 import external_auth_pb2 as ext
-from extauthz.audit import AuditLog
-from extauthz.authn import IdentityContext
-from extauthz.cache import DecisionCache
-from extauthz.check import CheckCore
+from extauthz.decision.audit import AuditLog
+from extauthz.decision.cache import DecisionCache
+from extauthz.envoy.request import from_check_request
+from extauthz.identity.resolver import IdentityContext
 from extauthz.metrics import Metrics
-from extauthz.reload import PolicyStore
-from extauthz.request import from_check_request
+from extauthz.pipeline import CheckCore
+from extauthz.policy.store import PolicyStore
 
 
 def build(policies: str, audit_path: str, cached: bool) -> tuple[CheckCore, AuditLog]:

@@ -32,13 +32,13 @@ import jwt  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
 
 from extauthz._pb.envoy.service.auth.v3 import external_auth_pb2 as ext  # noqa: E402
-from extauthz.authn import IdentityContext  # noqa: E402
-from extauthz.bundles import BundleStore, TrustBundle  # noqa: E402
-from extauthz.check import CheckCore  # noqa: E402
-from extauthz.devpki import issue_svid, make_ca  # noqa: E402
+from extauthz.devenv.ca import issue_svid, make_ca  # noqa: E402
+from extauthz.envoy.request import from_check_request  # noqa: E402
+from extauthz.identity.bundles import BundleStore, TrustBundle  # noqa: E402
+from extauthz.identity.resolver import IdentityContext  # noqa: E402
+from extauthz.pipeline import CheckCore  # noqa: E402
 from extauthz.policy import compile_policies, load_text  # noqa: E402
-from extauthz.request import from_check_request  # noqa: E402
-from extauthz.samples import check_request  # noqa: E402
+from extauthz.tools.samples import check_request  # noqa: E402
 
 ISSUER = "https://issuer.example"
 FRONTEND = "spiffe://example.org/ns/shop/sa/frontend"

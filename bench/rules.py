@@ -26,9 +26,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from extauthz.check import CheckCore
+from extauthz.pipeline import CheckCore
 from extauthz.policy import compile_policies, load_text
-from extauthz.samples import check_request
+from extauthz.tools.samples import check_request
 
 RULES_PER_POLICY = 10
 

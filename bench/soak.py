@@ -46,12 +46,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "bench"]
 sys.path.insert(0, str(REPO))
 
+from extauthz.devenv.ca import make_ca  # noqa: E402
 from extauthz.devenv.client import client_context  # noqa: E402
 from extauthz.devenv.echo import EchoServer  # noqa: E402
 from extauthz.devenv.net import LOOPBACK  # noqa: E402
 from extauthz.devenv.pki import build_pki  # noqa: E402
 from extauthz.devenv.processes import EnvoyProcess, ExtauthzProcess  # noqa: E402
-from extauthz.devpki import make_ca  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 

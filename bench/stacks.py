@@ -17,9 +17,10 @@ from typing import Any
 def aio(listen: str, policies: str) -> None:
     import grpc
 
-    from extauthz.audit import AuditLog
-    from extauthz.reload import PolicyStore
-    from extauthz.server import AUTHZ_SERVICE, CHECK_METHOD, Service
+    from extauthz.decision.audit import AuditLog
+    from extauthz.envoy.grpc import AUTHZ_SERVICE, CHECK_METHOD
+    from extauthz.policy.store import PolicyStore
+    from extauthz.serving.service import Service
     from extauthz.settings import Settings
 
     settings = Settings(policies=policies, listen=listen, audit_log=os.devnull)

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from extauthz import __version__
-from extauthz.bundles import BundleError
+from extauthz.identity.bundles import BundleError
 from extauthz.logs import setup_logging
 from extauthz.policy import PolicyError
 from extauthz.settings import SettingsError, build_settings
@@ -186,7 +186,7 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"extauthz serve: {exc}", file=sys.stderr)
         return EXIT_USAGE
     setup_logging(settings.log_level)
-    from extauthz.server import serve
+    from extauthz.serving.main import serve
 
     try:
         return serve(settings)
@@ -203,13 +203,13 @@ def _check(args: argparse.Namespace) -> int:
     from google.protobuf import json_format
 
     from extauthz._pb.envoy.service.auth.v3 import external_auth_pb2 as ext
-    from extauthz.authn import IdentityContext
-    from extauthz.bundles import BundleStore
-    from extauthz.check import CheckCore
+    from extauthz.envoy.request import from_check_request
+    from extauthz.identity.bundles import BundleStore
+    from extauthz.identity.resolver import IdentityContext
+    from extauthz.pipeline import CheckCore
     from extauthz.policy import compile_policies, load_directory
     from extauthz.policy.engine import REASON_ALLOWED, REASON_DENIED_BY_POLICY, REASON_NO_MATCH
-    from extauthz.policy.explain import explain
-    from extauthz.request import from_check_request
+    from extauthz.tools.explain import explain
 
     try:
         engine = compile_policies(load_directory(args.policies, root_namespace=args.root_namespace))
@@ -258,7 +258,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _audit_verify(args: argparse.Namespace) -> int:
-    from extauthz.audit import Hasher, verify
+    from extauthz.decision.audit import Hasher, verify
 
     try:
         result = verify(args.files, Hasher.from_key_file(args.hmac_key_file))
@@ -276,7 +276,7 @@ def _audit_verify(args: argparse.Namespace) -> int:
 
 
 def _lint(args: argparse.Namespace) -> int:
-    from extauthz.policy.lint import ERROR, lint_directory
+    from extauthz.tools.lint import ERROR, lint_directory
 
     findings = lint_directory(
         args.directory, root_namespace=args.root_namespace, envoy_config=args.envoy_config
@@ -298,7 +298,7 @@ def _lint(args: argparse.Namespace) -> int:
 
 def _test(args: argparse.Namespace) -> int:
     from extauthz.policy import compile_policies, load_directory
-    from extauthz.policy.cases import CasesError, load_cases, run_cases
+    from extauthz.tools.cases import CasesError, load_cases, run_cases
 
     try:
         engine = compile_policies(load_directory(args.directory, root_namespace=args.root_namespace))
@@ -323,8 +323,8 @@ def _test(args: argparse.Namespace) -> int:
 
 
 def _envoy_config(args: argparse.Namespace) -> int:
-    from extauthz import envoy_config
     from extauthz.settings import SettingsError, worker_addresses
+    from extauthz.tools import envoy_config
 
     if args.workers < 1:
         print("extauthz envoy-config: --workers must be at least 1", file=sys.stderr)

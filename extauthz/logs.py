@@ -6,7 +6,7 @@ import json
 import logging
 import sys
 
-from extauthz.audit import rfc3339_now
+from extauthz.decision.audit import rfc3339_now
 
 
 class JsonFormatter(logging.Formatter):

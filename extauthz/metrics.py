@@ -13,16 +13,40 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-if TYPE_CHECKING:
-    from extauthz.anomaly import Quarantine
-    from extauthz.audit import AuditLog
-    from extauthz.cache import DecisionCache
+
+# What the scrape-time collector reads of the parts it watches (metrics is the lowest layer: it
+# names the attributes it needs instead of importing the classes that have them).
+class AuditLog(Protocol):
+    @property
+    def depth(self) -> int: ...
+    written: int
+    lost_allowed: int
+    lost_denied: int
+    write_errors: int
+    failing: bool
+
+
+class DecisionCache(Protocol):
+    hits: int
+    misses: int
+
+    @property
+    def maxsize(self) -> float: ...
+
+    def __len__(self) -> int: ...
+
+
+class Quarantine(Protocol):
+    quarantines: int
+
+    @property
+    def active(self) -> int: ...
 
 # Microsecond-range buckets: a check takes tens of microseconds to a few milliseconds.
 _BUCKETS = (

@@ -87,7 +87,7 @@ class Settings:
         if self.audit_overflow not in ("drop-allowed", "deny"):
             raise SettingsError("audit_overflow must be drop-allowed or deny")
         if self.audit_hmac_key_file:
-            from extauthz.audit import Hasher
+            from extauthz.decision.audit import Hasher
 
             try:
                 Hasher.from_key_file(self.audit_hmac_key_file)
@@ -95,7 +95,7 @@ class Settings:
                 raise SettingsError(f"audit_hmac_key_file: {exc}") from exc
         if not isinstance(self.identity_headers, dict):
             raise SettingsError("identity_headers must map header names to identity fields")
-        from extauthz.response import IdentityHeaders
+        from extauthz.identity.headers import IdentityHeaders
 
         try:
             IdentityHeaders.from_mapping(self.identity_headers)

@@ -1,4 +1,4 @@
-"""Shared fixtures; the machinery lives in ``tests/harness``."""
+"""Shared fixtures; the machinery lives in ``tests/helpers``."""
 
 from __future__ import annotations
 
@@ -9,13 +9,13 @@ from typing import Any
 
 import pytest
 
-# Make ``extauthz`` (repo root) and ``harness`` (this directory) importable under plain pytest,
+# Make ``extauthz`` (repo root) and ``helpers`` (this directory) importable under plain pytest,
 # whatever the import mode.
 for _path in (Path(__file__).resolve().parent, Path(__file__).resolve().parents[1]):
     if str(_path) not in sys.path:
         sys.path.insert(0, str(_path))
 
-from harness import (  # noqa: E402
+from helpers import (  # noqa: E402
     DevPki,
     EchoServer,
     EnvoyProcess,

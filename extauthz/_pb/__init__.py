@@ -1,1 +1,1 @@
-"""Generated protobuf/gRPC modules (see extauthz.protogen). Do not edit."""
+"""Generated protobuf/gRPC modules (see extauthz.tools.protogen). Do not edit."""

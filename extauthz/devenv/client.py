@@ -9,8 +9,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from extauthz.devenv.ca import PemFiles
 from extauthz.devenv.net import LOOPBACK
-from extauthz.devpki import PemFiles
 
 
 class HttpResult(NamedTuple):

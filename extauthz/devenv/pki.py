@@ -6,7 +6,7 @@ import datetime
 from dataclasses import dataclass
 from pathlib import Path
 
-from extauthz.devpki import (
+from extauthz.devenv.ca import (
     Issued,
     PemFiles,
     issue_server_cert,
@@ -14,7 +14,7 @@ from extauthz.devpki import (
     make_ca,
     write_pem_files,
 )
-from extauthz.envoy_config import DownstreamTls
+from extauthz.tools.envoy_config import DownstreamTls
 
 TRUST_DOMAIN = "example.org"
 FRONTEND_ID = "spiffe://example.org/ns/shop/sa/frontend"

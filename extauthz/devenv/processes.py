@@ -18,7 +18,7 @@ from types import TracebackType
 from typing import IO, Any, Self
 
 from extauthz.devenv.net import LOOPBACK, REPO_ROOT, free_port, tail, tcp_open
-from extauthz.envoy_config import DownstreamTls, bootstrap, render_yaml
+from extauthz.tools.envoy_config import DownstreamTls, bootstrap, render_yaml
 
 # --------------------------------------------------------------------------- common
 
@@ -278,7 +278,7 @@ def validate_config(path: Path, timeout: float = 60.0) -> subprocess.CompletedPr
 
 
 class EnvoyProcess(_Process):
-    """The real Envoy with a bootstrap from :func:`extauthz.envoy_config.bootstrap`.
+    """The real Envoy with a bootstrap from :func:`extauthz.tools.envoy_config.bootstrap`.
 
     ``start()`` returns once the admin ``/ready`` endpoint answers ``LIVE``.
     """

@@ -20,7 +20,8 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from extauthz.identity import Identity
+from extauthz.envoy.request import RequestView
+from extauthz.identity.model import Identity
 from extauthz.policy.matchers import Matcher, compile_matcher
 from extauthz.policy.model import (
     ALLOW,
@@ -33,7 +34,6 @@ from extauthz.policy.model import (
     Rule,
     Source,
 )
-from extauthz.request import RequestView
 
 # Decision reasons: a small closed set, used as the metrics label ``reason``.
 REASON_ALLOWED = "allowed"

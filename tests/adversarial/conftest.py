@@ -1,17 +1,12 @@
-"""Fixtures of the attack catalogue (helpers live in ``attack_kit``, importable from here)."""
+"""Fixtures of the attack catalogue (helpers live in ``tests/helpers/attacks.py``)."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator, Mapping
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from attack_kit import EnvoyStack, start_envoy_stack
-from harness import DevPki, EchoServer
+from helpers import DevPki, EchoServer
+from helpers.attacks import EnvoyStack, start_envoy_stack
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 import pytest
-from attack_kit import ALLOW, DENY, EnvoyStack, assert_outcome, needs_envoy, run_core
+from helpers.attacks import ALLOW, DENY, EnvoyStack, assert_outcome, needs_envoy, run_core
 
 from extauthz._pb.envoy.config.core.v3 import base_pb2
 

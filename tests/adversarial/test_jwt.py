@@ -23,7 +23,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from identity.helpers import (
+from helpers.identity import (
     EC_KEY,
     RSA_KEY,
     b64,
@@ -37,10 +37,10 @@ from identity.helpers import (
 )
 
 from extauthz._pb.envoy.service.auth.v3 import external_auth_pb2 as ext
-from extauthz.authn import IdentityContext
-from extauthz.check import CheckCore
+from extauthz.identity.resolver import IdentityContext
+from extauthz.pipeline import CheckCore
 from extauthz.policy import compile_policies, load_text
-from extauthz.samples import check_request
+from extauthz.tools.samples import check_request
 
 P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 ATTACKER = rsa.generate_private_key(public_exponent=65537, key_size=2048)

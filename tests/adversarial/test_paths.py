@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 import pytest
-from attack_kit import ALLOW, DENY, EnvoyStack, Outcome, assert_outcome, needs_envoy, run_core
+from helpers.attacks import ALLOW, DENY, EnvoyStack, Outcome, assert_outcome, needs_envoy, run_core
 
 POLICY = """\
 apiVersion: security.istio.io/v1

@@ -8,7 +8,7 @@ today's behaviour so a change is deliberate, and README.md says how to write the
 from __future__ import annotations
 
 import pytest
-from attack_kit import ALLOW, DENY, assert_outcome, run_core
+from helpers.attacks import ALLOW, DENY, assert_outcome, run_core
 
 
 def policy(action: str, rule: str, name: str = "p", namespace: str = "shop") -> str:

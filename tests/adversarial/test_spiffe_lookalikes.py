@@ -17,10 +17,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 import pytest
-from attack_kit import ALLOW, DENY, EnvoyStack, assert_outcome, needs_envoy, run_core
-from harness import DevPki
+from helpers import DevPki
+from helpers.attacks import ALLOW, DENY, EnvoyStack, assert_outcome, needs_envoy, run_core
 
-from extauthz.devpki import issue_svid
+from extauthz.devenv.ca import issue_svid
 
 POLICY = """\
 apiVersion: security.istio.io/v1

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import (
+from helpers import (
     FRONTEND_ID,
     INTRUDER_ID,
     DevPki,

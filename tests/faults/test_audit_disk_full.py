@@ -25,10 +25,10 @@ from pathlib import Path
 
 import grpc
 import pytest
-from harness import ExtauthzProcess, free_port, write_policies
+from helpers import ExtauthzProcess, free_port, write_policies
 
 from extauthz._pb.envoy.service.auth.v3 import external_auth_pb2 as ext
-from extauthz.samples import check_request
+from extauthz.tools.samples import check_request
 
 pytestmark = pytest.mark.faults
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from harness import (
+from helpers import (
     DevPki,
     EchoServer,
     EnvoyProcess,

@@ -22,11 +22,11 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from extauthz._pb.envoy.service.auth.v3 import external_auth_pb2 as ext
-from extauthz.authn import IdentityContext
-from extauthz.check import CheckCore
-from extauthz.jwks import JwksRegistry
+from extauthz.identity.keys import JwksRegistry
+from extauthz.identity.resolver import IdentityContext
+from extauthz.pipeline import CheckCore
 from extauthz.policy import compile_policies, load_text
-from extauthz.samples import check_request
+from extauthz.tools.samples import check_request
 
 pytestmark = pytest.mark.faults
 

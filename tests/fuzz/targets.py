@@ -27,11 +27,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from extauthz._pb.envoy.service.auth.v3 import external_auth_pb2 as ext
-from extauthz.check import CheckCore
-from extauthz.identity import establish
+from extauthz.envoy.request import from_check_request
+from extauthz.identity.model import establish
+from extauthz.pipeline import CheckCore
 from extauthz.policy import Engine, PolicyError, compile_policies, load_directory, load_text
-from extauthz.request import from_check_request
-from extauthz.samples import check_request
+from extauthz.tools.samples import check_request
 
 REPO = Path(__file__).resolve().parents[2]
 FRONTEND = "example.org/ns/shop/sa/frontend"

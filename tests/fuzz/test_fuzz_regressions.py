@@ -38,7 +38,7 @@ def test_seed_corpus_passes(target: str) -> None:
 
 def test_check_target_catches_a_wrong_allow(monkeypatch: pytest.MonkeyPatch) -> None:
     """The oracle can fail: an engine that allows everything trips it on the intruder seed."""
-    from extauthz.check import CheckCore
+    from extauthz.pipeline import CheckCore
     from extauthz.policy import compile_policies, load_text
 
     allow_all = compile_policies(load_text(targets.DENY_ALL.replace("spec: {}", "spec: {rules: [{}]}")

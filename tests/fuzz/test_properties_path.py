@@ -1,4 +1,4 @@
-"""Properties of the path canonicaliser (``extauthz.request.path_problem``) and the request view.
+"""Properties of the path canonicaliser (``extauthz.envoy.request.path_problem``) and the request view.
 
 The canonicaliser does not normalise: it refuses any path that is not already in the form Envoy
 produces with ``normalize_path``, ``merge_slashes`` and escaped slashes rejected, so that a
@@ -20,8 +20,8 @@ import re
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from extauthz.request import from_check_request, path_problem
-from extauthz.samples import check_request
+from extauthz.envoy.request import from_check_request, path_problem
+from extauthz.tools.samples import check_request
 
 UNRESERVED = set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
 _ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")

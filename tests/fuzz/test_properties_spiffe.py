@@ -1,4 +1,4 @@
-"""Properties of the SPIFFE ID parser (``extauthz.identity.parse_spiffe_id``).
+"""Properties of the SPIFFE ID parser (``extauthz.identity.model.parse_spiffe_id``).
 
 - no input raises anything but ``SpiffeIdError``;
 - an accepted ID round-trips: ``str(parse(x)) == x`` once the scheme is lower-cased;
@@ -14,7 +14,7 @@ import string
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from extauthz.identity import SpiffeId, SpiffeIdError, parse_spiffe_id
+from extauthz.identity.model import SpiffeId, SpiffeIdError, parse_spiffe_id
 
 SETTINGS = settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

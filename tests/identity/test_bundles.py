@@ -9,11 +9,16 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
+from helpers.identity import EC_KEY, RSA_KEY, cert_field, jwk, resolve, resolver
 
-from extauthz.bundles import BundleError, BundleStore, BundleWatcher, parse_bundle, parse_bundle_flags
-from extauthz.devpki import issue_svid, make_ca
-
-from .helpers import EC_KEY, RSA_KEY, cert_field, jwk, resolve, resolver
+from extauthz.devenv.ca import issue_svid, make_ca
+from extauthz.identity.bundles import (
+    BundleError,
+    BundleStore,
+    BundleWatcher,
+    parse_bundle,
+    parse_bundle_flags,
+)
 
 CA = make_ca("example.org")
 CA2 = make_ca("example.org")

@@ -7,12 +7,11 @@ from pathlib import Path
 
 import pytest
 from google.protobuf import json_format
+from helpers.identity import cert_field, peer_authn
 
 from extauthz.cli import main
-from extauthz.devpki import issue_svid, make_ca
-from extauthz.samples import check_request
-
-from .helpers import cert_field, peer_authn
+from extauthz.devenv.ca import issue_svid, make_ca
+from extauthz.tools.samples import check_request
 
 FRONTEND = "spiffe://example.org/ns/shop/sa/frontend"
 ALLOW = """

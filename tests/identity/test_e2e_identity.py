@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from harness import (
+from helpers import (
     FRONTEND_ID,
     DevPki,
     EchoServer,
@@ -20,10 +20,9 @@ from harness import (
     https_request,
     write_policies,
 )
+from helpers.identity import ISSUER, RSA_KEY_2, JwksServer, claims, mint
 
-from extauthz.devpki import issue_svid, make_ca
-
-from .helpers import ISSUER, RSA_KEY_2, JwksServer, claims, mint
+from extauthz.devenv.ca import issue_svid, make_ca
 
 pytestmark = [
     pytest.mark.e2e,

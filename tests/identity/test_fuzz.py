@@ -6,16 +6,15 @@ import base64
 import contextlib
 import functools
 
+from helpers.identity import inline_rule, request_authn, resolver, view
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from extauthz.authn import IdentityResolver
-from extauthz.identity import SpiffeIdError, parse_spiffe_id
-from extauthz.svid import SvidError, decode_certificate_field
-from extauthz.tokens import TokenError, decode_unverified
-from extauthz.xfcc import XfccError, last_element
-
-from .helpers import inline_rule, request_authn, resolver, view
+from extauthz.identity.jwt import TokenError, decode_unverified
+from extauthz.identity.model import SpiffeIdError, parse_spiffe_id
+from extauthz.identity.resolver import IdentityResolver
+from extauthz.identity.svid import SvidError, decode_certificate_field
+from extauthz.identity.xfcc import XfccError, last_element
 
 _TOKENISH = st.lists(
     st.one_of(

@@ -8,10 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
-from extauthz.jwks import JwksRegistry, RemoteJwks
-
-from .helpers import (
+from helpers.identity import (
     RSA_KEY,
     RSA_KEY_2,
     JwksServer,
@@ -25,6 +22,8 @@ from .helpers import (
     resolve,
     resolver,
 )
+
+from extauthz.identity.keys import JwksRegistry, RemoteJwks
 
 
 @pytest.fixture

@@ -6,10 +6,10 @@ import json
 import time
 from typing import Any
 
-from extauthz.bundles import BundleSet, TrustBundle
-from extauthz.jwks import KeySet, parse_key
+from helpers.identity import EC_KEY, RSA_KEY, bearer, jwk, mint, resign, resolve, resolver
 
-from .helpers import EC_KEY, RSA_KEY, bearer, jwk, mint, resign, resolve, resolver
+from extauthz.identity.bundles import BundleSet, TrustBundle
+from extauthz.identity.keys import KeySet, parse_key
 
 RULE = """
 apiVersion: security.istio.io/v1

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from extauthz.authn import IdentityContext
-from extauthz.check import CheckCore
+from extauthz.identity.resolver import IdentityContext
+from extauthz.pipeline import CheckCore
 from extauthz.policy import compile_policies, load_text
-from extauthz.samples import check_request
+from extauthz.tools.samples import check_request
 
 POLICY = """
 apiVersion: security.istio.io/v1

@@ -7,14 +7,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers.identity import ISSUER, RSA_KEY, bearer, claims, jwk, mint
 
 from extauthz._pb.envoy.service.auth.v3 import external_auth_pb2 as ext
-from extauthz.check import CheckCore
+from extauthz.identity.headers import IdentityHeaders
+from extauthz.pipeline import CheckCore
 from extauthz.policy import compile_policies, load_text
-from extauthz.response import IdentityHeaders
-from extauthz.samples import check_request
-
-from .helpers import ISSUER, RSA_KEY, bearer, claims, jwk, mint
+from extauthz.tools.samples import check_request
 
 FRONTEND = "spiffe://example.org/ns/shop/sa/frontend"
 FORGED = "spiffe://example.org/ns/shop/sa/admin"

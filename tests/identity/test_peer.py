@@ -7,13 +7,7 @@ import urllib.parse
 
 import pytest
 from cryptography.x509.oid import ExtendedKeyUsageOID
-
-from extauthz.bundles import BundleSet
-from extauthz.devpki import Issued, issue_svid, make_ca
-from extauthz.identity import try_parse_spiffe_id
-from extauthz.svid import SvidVerifier, thumbprint
-
-from .helpers import (
+from helpers.identity import (
     bearer,
     bundles_of,
     cert_field,
@@ -25,6 +19,11 @@ from .helpers import (
     resolve,
     resolver,
 )
+
+from extauthz.devenv.ca import Issued, issue_svid, make_ca
+from extauthz.identity.bundles import BundleSet
+from extauthz.identity.model import try_parse_spiffe_id
+from extauthz.identity.svid import SvidVerifier, thumbprint
 
 FRONTEND = "spiffe://example.org/ns/shop/sa/frontend"
 CA = make_ca("example.org")

@@ -8,11 +8,11 @@ import urllib.parse
 from pathlib import Path
 
 import grpc
-from harness import ExtauthzProcess, write_policies
+from helpers import ExtauthzProcess, write_policies
 
 from extauthz._pb.envoy.service.auth.v3 import external_auth_pb2 as ext
-from extauthz.devpki import issue_svid, make_ca
-from extauthz.samples import check_request
+from extauthz.devenv.ca import issue_svid, make_ca
+from extauthz.tools.samples import check_request
 
 FRONTEND = "spiffe://example.org/ns/shop/sa/frontend"
 POLICY = """

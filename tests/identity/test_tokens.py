@@ -8,14 +8,7 @@ import time
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
-
-from extauthz._pb.envoy.service.auth.v3 import external_auth_pb2 as ext
-from extauthz.authn import IdentityContext
-from extauthz.check import CheckCore
-from extauthz.policy import PolicyError, compile_policies, load_text
-from extauthz.samples import check_request
-
-from .helpers import (
+from helpers.identity import (
     AUDIENCE,
     EC_KEY,
     ISSUER,
@@ -32,6 +25,12 @@ from .helpers import (
     resolve,
     resolver,
 )
+
+from extauthz._pb.envoy.service.auth.v3 import external_auth_pb2 as ext
+from extauthz.identity.resolver import IdentityContext
+from extauthz.pipeline import CheckCore
+from extauthz.policy import PolicyError, compile_policies, load_text
+from extauthz.tools.samples import check_request
 
 RA = request_authn(inline_rule())
 
@@ -228,7 +227,7 @@ def test_cached_token_still_expires_and_follows_key_rotation() -> None:
 
 
 def _v(token: str):  # type: ignore[no-untyped-def]
-    from .helpers import view
+    from helpers.identity import view
 
     return view(headers=bearer(token))
 

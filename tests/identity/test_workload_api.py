@@ -13,14 +13,13 @@ from typing import Any
 import grpc
 import pytest
 from cryptography.hazmat.primitives import serialization
+from helpers.identity import EC_KEY, bearer, cert_field, jwk, mint, resolve, resolver
 
 from extauthz._pb.spiffe.workload import workload_pb2 as wl
 from extauthz._pb.spiffe.workload import workload_pb2_grpc as wl_grpc
-from extauthz.bundles import BundleStore
-from extauthz.devpki import issue_svid, make_ca
-from extauthz.workload_api import WorkloadApiWatcher, split_der_certificates
-
-from .helpers import EC_KEY, bearer, cert_field, jwk, mint, resolve, resolver
+from extauthz.devenv.ca import issue_svid, make_ca
+from extauthz.identity.bundles import BundleStore
+from extauthz.identity.workload_api import WorkloadApiWatcher, split_der_certificates
 
 FRONTEND = "spiffe://example.org/ns/shop/sa/frontend"
 
@@ -159,10 +158,10 @@ def test_served_process_takes_bundles_from_spiffe_endpoint_socket(
 ) -> None:
     import urllib.parse
 
-    from harness import ExtauthzProcess, write_policies
+    from helpers import ExtauthzProcess, write_policies
 
     from extauthz._pb.envoy.service.auth.v3 import external_auth_pb2 as ext
-    from extauthz.samples import check_request
+    from extauthz.tools.samples import check_request
 
     servicer, address = workload_api
     ca = make_ca("example.org")

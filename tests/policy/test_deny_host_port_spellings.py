@@ -5,8 +5,8 @@ because only the spelling as sent and the port-less, dot-less one were read)."""
 from __future__ import annotations
 
 import pytest
+from helpers.policy import engine, evaluate
 
-from .helpers import engine, evaluate
 from .test_deny_spellings import policy
 
 HOST_PORT_DENY = "{to: [{operation: {hosts: ['admin.shop.svc:8443']}}]}"

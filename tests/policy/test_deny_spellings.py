@@ -11,8 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
-from .helpers import HEADER, engine, evaluate
+from helpers.policy import HEADER, engine, evaluate
 
 
 def policy(action: str, rule: str) -> str:

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-from extauthz.check import decide
+from extauthz.envoy.request import from_check_request
+from extauthz.pipeline import decide
 from extauthz.policy import PolicyError, compile_policies, load_text
-from extauthz.request import from_check_request
-from extauthz.samples import check_request
+from extauthz.tools.samples import check_request
 
 
 def _allow(rule: str) -> str:

@@ -6,10 +6,10 @@ from __future__ import annotations
 import random
 from typing import Any
 
+from helpers.policy import HEADER, engine, evaluate, identity, request
+
 from extauthz.policy import load_text
 from extauthz.policy.engine import Context, compile_policies
-
-from .helpers import HEADER, engine, evaluate, identity, request
 
 
 def pol(name: str, ns: str, spec: str, annotations: str = "") -> str:

@@ -11,8 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-
-from .helpers import allow_rule, engine, evaluate
+from helpers.policy import allow_rule, engine, evaluate
 
 FRONTEND = "spiffe://example.org/ns/shop/sa/frontend"
 TOKEN = {

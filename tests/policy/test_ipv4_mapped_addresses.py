@@ -5,8 +5,8 @@ proxy writes it into x-forwarded-for) is the same client: ipBlocks on IPv4 CIDRs
 from __future__ import annotations
 
 import pytest
+from helpers.policy import engine, evaluate
 
-from .helpers import engine, evaluate
 from .test_deny_spellings import policy
 
 

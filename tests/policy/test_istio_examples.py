@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .helpers import HEADER, engine, evaluate
+from helpers.policy import HEADER, engine, evaluate
 
 FOO = {"namespace": "foo"}
 CURL = "spiffe://cluster.local/ns/default/sa/curl"

@@ -6,10 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from helpers.policy import HEADER
 
 from extauthz.policy import PolicyError, load_directory, load_text
-
-from .helpers import HEADER
 
 META = "metadata: {name: p, namespace: shop}\n"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 
-from .helpers import HEADER, engine, evaluate
+from helpers.policy import HEADER, engine, evaluate
 
 POLICIES = f"""{HEADER}metadata: {{name: tenant, namespace: istio-system}}
 spec:

@@ -19,13 +19,14 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 from extauthz._pb.envoy.service.auth.v3 import external_auth_pb2 as ext
-from extauthz.audit import AuditLog, StreamSink
-from extauthz.check import CheckCore
+from extauthz.decision.audit import AuditLog, StreamSink
+from extauthz.pipeline import CheckCore
 from extauthz.policy import Engine
-from extauthz.reload import DirectoryWatcher, PolicyStore
-from extauthz.samples import check_request
-from extauthz.server import POLICY_HEALTH_SERVICE, Service
+from extauthz.policy.store import DirectoryWatcher, PolicyStore
+from extauthz.serving.health import POLICY_HEALTH_SERVICE
+from extauthz.serving.service import Service
 from extauthz.settings import Settings
+from extauthz.tools.samples import check_request
 
 HEADER = "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n"
 FILLER = 40  # policies per set: a compile takes long enough for checks to overlap it

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from extauthz.reload import PolicyStore
+from extauthz.policy.store import PolicyStore
 from extauthz.settings import SettingsError, build_settings
 
 

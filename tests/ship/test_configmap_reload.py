@@ -19,9 +19,9 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from harness import ExtauthzProcess
+from helpers import ExtauthzProcess
 
-from extauthz.samples import check_request
+from extauthz.tools.samples import check_request
 
 REPO = Path(__file__).resolve().parents[2]
 

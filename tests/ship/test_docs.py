@@ -32,13 +32,13 @@ from typing import Any
 import pytest
 import yaml
 from google.protobuf import json_format
-from harness import envoy_binary
+from helpers import envoy_binary
 from prometheus_client import generate_latest
 
 from extauthz._pb.envoy.service.auth.v3 import external_auth_pb2 as ext
-from extauthz.check import CheckCore
 from extauthz.cli import _parser
 from extauthz.metrics import Metrics
+from extauthz.pipeline import CheckCore
 from extauthz.policy import PolicyError, compile_policies, load_directory, load_text
 from extauthz.settings import build_settings
 

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 import yaml
-from harness import envoy_binary, validate_config
+from helpers import envoy_binary, validate_config
 
-from extauthz import envoy_config
 from extauthz.cli import main
+from extauthz.tools import envoy_config
 
 needs_envoy = pytest.mark.skipif(envoy_binary() is None, reason="envoy binary not installed")
 

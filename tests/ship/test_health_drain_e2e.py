@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from harness import DevPki, EnvoyProcess, ExtauthzProcess, envoy_binary, https_request
+from helpers import DevPki, EnvoyProcess, ExtauthzProcess, envoy_binary, https_request
 
 pytestmark = [
     pytest.mark.e2e,

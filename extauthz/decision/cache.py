@@ -1,0 +1,185 @@
+"""The decision cache: a decision is reused only for a request that is the same in every input
+the decision could depend on.
+
+The key is a tuple (compared element by element, never a joined string) of:
+
+* the policy set's generation and the trust generation (``bundle_generation``, below);
+* the scope labels (``context_extensions``, all of them);
+* everything identity is established from: Envoy's source principal, the peer certificate Envoy
+  forwarded, the source address (trusted-proxy decisions and ``ipBlocks`` read it), the
+  ``authorization`` and ``x-forwarded-client-cert`` headers and every header a
+  RequestAuthentication takes tokens from (the token fingerprint: a token's claims are a
+  function of its bytes and the key set, which the bundle generation covers);
+* the destination: principal (namespace scoping), address, port, SNI;
+* the request line: method, host, canonical path;
+* the value of every header the compiled rules read (``Engine.reads.headers``), absent (``None``)
+  distinct from empty; the whole query string when a rule reads a query parameter or a
+  RequestAuthentication may take its token from one (``access_token``).
+
+Values longer than ``DIGEST_OVER`` characters (certificates, tokens) are replaced by
+``(DIGEST, sha256)``: a tuple, so never equal to a plain string value.
+
+An entry expires at the earliest of: ``ttl`` after it was stored, the token's ``exp``, the peer
+certificate's ``notAfter``. Only allows and policy denies are stored; errors, malformed and
+non-canonical requests, missing or invalid credentials (401) are decided again every time.
+
+``bundle_generation`` is the hook for trust material: a callable returning a number that grows
+with every change of trust bundles or JWKS (``IdentityContext.trust_generation``); every entry
+stored before a change stops matching.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cachetools import LRUCache
+
+from extauthz.envoy.request import RequestView
+from extauthz.policy.engine import REASON_DENIED_BY_POLICY, REASON_NO_MATCH, Engine
+
+DIGEST = "sha256"
+DIGEST_OVER = 128
+# Headers identity may be established from, whatever the policies say.
+IDENTITY_HEADERS = frozenset({"authorization", "x-forwarded-client-cert"})
+CACHEABLE_REASONS = frozenset({"allowed", REASON_DENIED_BY_POLICY, REASON_NO_MATCH})
+
+Key = tuple[Hashable, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPlan:
+    """Which variable inputs one compiled policy set makes a key read (computed once per set)."""
+
+    generation: int
+    headers: tuple[str, ...]  # sorted, lower case
+    query: bool
+
+
+def plan_for(engine: Engine) -> KeyPlan:
+    headers = set(engine.reads.headers) | IDENTITY_HEADERS
+    query = bool(engine.reads.query_params)
+    for ra in engine.policies.request_authentication:
+        query = True  # Istio's default token locations include the access_token parameter
+        rules = ra.spec.get("jwtRules") or ()
+        for rule in rules if isinstance(rules, list | tuple) else ():
+            if not isinstance(rule, Mapping):
+                continue
+            for h in rule.get("fromHeaders") or ():
+                if isinstance(h, Mapping) and isinstance(h.get("name"), str):
+                    headers.add(h["name"].strip().lower())  # as authn reads it
+            if rule.get("fromCookies"):
+                headers.add("cookie")
+    return KeyPlan(engine.generation, tuple(sorted(headers)), query)
+
+
+def _v(value: str | None) -> Hashable:
+    if value is None or len(value) <= DIGEST_OVER:
+        return value
+    return (DIGEST, hashlib.sha256(value.encode("utf-8", "surrogatepass")).digest())
+
+
+def make_key(plan: KeyPlan, bundle_generation: int, req: RequestView) -> Key:
+    """The structured key of ``req`` under ``plan``."""
+    h = req.headers
+    return (
+        plan.generation,
+        bundle_generation,
+        tuple(sorted(req.context_extensions.items())),
+        req.source.principal,
+        _v(req.source.certificate),
+        req.source.address,
+        req.destination.principal,
+        req.destination.address,
+        req.port,
+        req.sni,
+        req.method,
+        req.host,
+        req.path,
+        _v(req.query) if plan.query else None,
+        tuple(_v(h.get(name)) for name in plan.headers),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    value: Any
+    expires_at: float  # epoch seconds
+
+
+class DecisionCache:
+    """A bounded map from request keys to decisions, each with its own expiry. Thread-safe.
+
+    When full, the least recently used entry goes. An expired entry is dropped when next looked
+    up (or evicted when unused); it is never returned. (cachetools' LRUCache plus an expiry per
+    entry: a third of the cost of its TLRUCache per lookup, bench/cache.py.)
+    """
+
+    def __init__(
+        self,
+        maxsize: int = 10000,
+        ttl: float = 30.0,
+        *,
+        clock: Callable[[], float] = time.time,
+        bundle_generation: Callable[[], int] = lambda: 0,
+    ) -> None:
+        self.ttl = ttl
+        self.clock = clock
+        self.bundle_generation = bundle_generation
+        self._entries: LRUCache[Key, Entry] = LRUCache(maxsize)
+        self._lock = threading.Lock()
+        self._plan: tuple[Engine, KeyPlan] | None = None
+        self.hits = 0
+        self.misses = 0
+
+    def key(self, engine: Engine, req: RequestView) -> Key:
+        p = self._plan
+        if p is None or p[0] is not engine:
+            plan = plan_for(engine)
+            with self._lock:
+                if p is not None and p[0] is not engine and p[1].generation == plan.generation:
+                    # A different set under the same generation number: keys would collide.
+                    self._entries.clear()
+                self._plan = (engine, plan)
+        else:
+            plan = p[1]
+        return make_key(plan, self.bundle_generation(), req)
+
+    def get(self, key: Key) -> Any | None:
+        now = self.clock()
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is not None:
+                if now < entry.expires_at:
+                    self.hits += 1
+                    return entry.value
+                del self._entries[key]
+            self.misses += 1
+            return None
+
+    def put(self, key: Key, value: Any, *not_after: float | None) -> None:
+        """Store ``value`` until ``ttl`` from now or the earliest of ``not_after`` (epoch s)."""
+        now = self.clock()
+        expires = now + self.ttl
+        for t in not_after:
+            if t:  # None or 0: no bound
+                expires = min(expires, t)
+        if expires <= now:
+            return  # already expired (a token past exp): nothing to keep
+        with self._lock:
+            self._entries[key] = Entry(value, expires)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    @property
+    def maxsize(self) -> float:
+        return self._entries.maxsize

@@ -1,0 +1,279 @@
+"""The h2corn transport: gRPC Check and Health as an ASGI app on h2corn (Rust HTTP/2 server).
+
+``serve --transport h2corn``. The same Check core as grpcio (``Service.handle_check``: request
+bytes in, response bytes out); only the gRPC wire work differs, done here by hand:
+
+- HTTP/2 prior knowledge (h2c) only, ``content-type: application/grpc``; anything else is 415.
+- One length-prefixed message (flag byte 0, 4-byte big-endian length). A compressed message
+  (flag 1: we announce no ``grpc-accept-encoding``), a truncated or trailing frame, or one larger
+  than ``MAX_MESSAGE_BYTES`` is answered with a deny CheckResponse (``malformed_check_request``)
+  rather than a gRPC error, so Envoy never has to apply its error policy.
+- ``grpc-timeout`` is honoured: an expired deadline answers DEADLINE_EXCEEDED (Envoy then
+  applies ``status_on_error``: 403 with our config).
+- ``grpc-status`` always travels in trailers (``http.response.trailers``), after the headers.
+- ``grpc.health.v1.Health`` is served here too (SERVING once a policy set is loaded,
+  NOT_SERVING while draining): ``Check``, and ``Watch`` (the status, then every change; the
+  stream ends when the server drains).
+- SIGTERM: health turns NOT_SERVING, h2corn stops accepting and gives in-flight calls up to
+  ``drain_seconds`` to finish; SIGHUP reloads policies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from grpc_health.v1 import health_pb2
+
+from extauthz.envoy.grpc import (
+    CHECK_PATH,
+    DEADLINE_EXCEEDED,
+    INTERNAL,
+    MAX_MESSAGE_BYTES,
+    NOT_FOUND,
+    OK,
+    UNIMPLEMENTED,
+    frame,
+    parse_grpc_timeout,
+    unframe,
+)
+from extauthz.serving import lifecycle
+from extauthz.serving.service import Service
+from extauthz.settings import Settings, parse_listen
+
+log = logging.getLogger("extauthz.transport.h2corn")
+
+HEALTH_CHECK_PATH = "/grpc.health.v1.Health/Check"
+HEALTH_WATCH_PATH = "/grpc.health.v1.Health/Watch"
+WATCH_POLL_SECONDS = 0.5
+
+Scope = dict[str, Any]
+Receive = Callable[[], Awaitable[dict[str, Any]]]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
+
+_RESPONSE_START = {
+    "type": "http.response.start",
+    "status": 200,
+    "headers": [(b"content-type", b"application/grpc")],
+    "trailers": True,
+}
+_OK_TRAILERS = {"type": "http.response.trailers", "headers": [(b"grpc-status", b"0")], "more_trailers": False}
+
+
+class GrpcApp:
+    """The ASGI application: Authorization/Check and Health/Check over gRPC."""
+
+    def __init__(self, service: Service, max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
+        self.service = service
+        self.max_message_bytes = max_message_bytes
+
+    @property
+    def draining(self) -> bool:
+        return self.service.draining
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            await self._http(scope, receive, send)
+        elif scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        start = time.monotonic()
+        content_type = b""
+        timeout: float | None = None
+        for name, value in scope["headers"]:
+            if name == b"content-type":
+                content_type = value
+            elif name == b"grpc-timeout":
+                timeout = parse_grpc_timeout(value)
+        if scope["method"] != "POST" or not content_type.startswith(b"application/grpc"):
+            await _plain(send, 415, b"gRPC only\n")
+            return
+        body, too_large = await _read_body(receive, 5 + self.max_message_bytes)
+        path = scope["path"]
+        if path == CHECK_PATH:
+            if too_large:
+                answer = self.service.handle_malformed(
+                    f"gRPC message larger than {self.max_message_bytes} bytes"
+                )
+            else:
+                message, problem = unframe(body, self.max_message_bytes)
+                if message is None:
+                    answer = self.service.handle_malformed(problem or "bad gRPC frame")
+                else:
+                    answer = self.service.handle_check(message, None)
+        elif path == HEALTH_CHECK_PATH:
+            code, answer_or_none = self._health(body)
+            if answer_or_none is None:
+                await _status_only(send, code, "unknown service")
+                return
+            answer = answer_or_none
+        elif path == HEALTH_WATCH_PATH:
+            await self._watch(body, receive, send)
+            return
+        else:
+            await _status_only(send, UNIMPLEMENTED, f"unknown method {path}")
+            return
+        if timeout is not None and time.monotonic() - start > timeout:
+            await _status_only(send, DEADLINE_EXCEEDED, "deadline exceeded")
+            return
+        await send(_RESPONSE_START)
+        await send({"type": "http.response.body", "body": frame(answer), "more_body": False})
+        await send(_OK_TRAILERS)
+
+    async def _watch(self, body: bytes, receive: Receive, send: Send) -> None:
+        """Health/Watch: the status now, then each change, until the client goes away or the
+        server drains (NOT_SERVING is sent, then the stream ends with OK)."""
+        code, answer = self._health(body)
+        if answer is None:
+            await _status_only(send, code, "unknown service")
+            return
+        await send(_RESPONSE_START)
+        await send({"type": "http.response.body", "body": frame(answer), "more_body": True})
+
+        async def next_event() -> dict[str, Any]:
+            return await receive()
+
+        gone = asyncio.create_task(next_event())  # http.disconnect when the client leaves
+        try:
+            last = answer
+            while not self.draining:
+                done, _ = await asyncio.wait({gone}, timeout=WATCH_POLL_SECONDS)
+                if done:
+                    return
+                _, now = self._health(body)
+                if now is not None and now != last:
+                    await send({"type": "http.response.body", "body": frame(now), "more_body": True})
+                    last = now
+            _, now = self._health(body)
+            if now is not None and now != last:
+                await send({"type": "http.response.body", "body": frame(now), "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            await send(_OK_TRAILERS)
+        finally:
+            gone.cancel()
+
+    def _health(self, body: bytes) -> tuple[int, bytes | None]:
+        message, _ = unframe(body, self.max_message_bytes)
+        try:
+            req = health_pb2.HealthCheckRequest.FromString(message or b"")
+        except Exception:
+            return INTERNAL, None
+        status = self.service.health_status(req.service)
+        if status is None:
+            return NOT_FOUND, None
+        return OK, health_pb2.HealthCheckResponse(status=status).SerializeToString()
+
+
+async def _read_body(receive: Receive, limit: int) -> tuple[bytes, bool]:
+    """The request body, or (what was read, True) as soon as it exceeds ``limit`` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        msg = await receive()
+        if msg["type"] != "http.request":  # http.disconnect
+            return b"".join(chunks), False
+        chunk = msg.get("body", b"")
+        if chunk:
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                return b"", True
+        if not msg.get("more_body", False):
+            return b"".join(chunks), False
+
+
+async def _status_only(send: Send, code: int, message: str) -> None:
+    await send(_RESPONSE_START)
+    await send({"type": "http.response.body", "body": b"", "more_body": False})
+    await send(
+        {
+            "type": "http.response.trailers",
+            "headers": [
+                (b"grpc-status", str(code).encode()),
+                (b"grpc-message", message.encode("ascii", "replace")),
+            ],
+            "more_trailers": False,
+        }
+    )
+
+
+async def _plain(send: Send, status: int, body: bytes) -> None:
+    await send(
+        {"type": "http.response.start", "status": status, "headers": [(b"content-type", b"text/plain")]}
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        msg = await receive()
+        if msg["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif msg["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+def serve_h2corn(service: Service, settings: Settings) -> int:
+    """Serve until SIGTERM/SIGINT (graceful drain), SIGHUP reloads. Returns the exit code."""
+    try:
+        from h2corn import Config, Server
+    except ImportError as exc:  # pragma: no cover - h2corn is a dependency
+        raise OSError("--transport h2corn needs the h2corn package (pip install h2corn)") from exc
+
+    kind, where = parse_listen(settings.listen)
+    bind = f"unix:{where}" if kind == "unix" else settings.listen
+    config = Config(
+        bind=(bind,),
+        grpc=True,
+        http1=False,
+        access_log=False,
+        lifespan="off",
+        runtime_threads=1,  # bench/README.md: one Tokio thread per worker process
+        timeout_graceful_shutdown=settings.drain_seconds,
+    )
+    app = GrpcApp(service)
+    server = Server(app, config)  # type: ignore[arg-type]
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+
+        def shutdown() -> None:
+            lifecycle.log_draining(settings.drain_seconds)
+            server.shutdown()
+
+        def stop() -> None:
+            if service.draining:
+                return
+            service.start_draining()  # health answers NOT_SERVING from now on; checks still decided
+            lifecycle.log_not_serving(settings.drain_delay)
+            if settings.drain_delay > 0:
+                loop.call_later(settings.drain_delay, shutdown)
+            else:
+                shutdown()
+
+        def reload() -> None:
+            loop.run_in_executor(None, service.reload)
+
+        lifecycle.install_signals(stop, reload, loop)
+        serving = asyncio.ensure_future(server.serve())
+        started = asyncio.ensure_future(server.wait_started())
+        await asyncio.wait({serving, started}, return_when=asyncio.FIRST_COMPLETED)
+        if serving.done():  # failed to start (address in use, ...): raise its error
+            started.cancel()
+            serving.result()
+            return
+        log.info(
+            "serving on %s (h2corn), policies from %s, generation %d",
+            ", ".join(server.addresses),
+            settings.policies,
+            service.store.generation,
+        )
+        await serving
+
+    asyncio.run(main())
+    return 0

@@ -1,0 +1,198 @@
+"""The composition root: everything one serving process holds, built from settings in one place.
+
+``open_policy_store`` and ``open_audit_log`` are the only places a PolicyStore and an AuditLog are
+built from settings (the ``--workers`` supervisor uses them too); ``running`` builds a whole
+``Service`` with its watchers and tears it down; the transports (grpcio.py, h2corn.py) only move
+bytes between the network and ``Service.handle_check``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from grpc_health.v1 import health
+
+from extauthz.decision.audit import AuditLog
+from extauthz.decision.cache import DecisionCache
+from extauthz.decision.quarantine import Quarantine
+from extauthz.envoy import response
+from extauthz.identity.bundles import BundleStore, BundleWatcher
+from extauthz.identity.headers import IdentityHeaders
+from extauthz.identity.resolver import IdentityContext
+from extauthz.metrics import Metrics
+from extauthz.pipeline import CheckCore
+from extauthz.policy.store import DirectoryWatcher, PolicyStore
+from extauthz.serving.health import HEALTH_SERVICES, health_status
+from extauthz.settings import Settings
+
+log = logging.getLogger("extauthz.serving.service")
+
+
+def open_policy_store(settings: Settings) -> PolicyStore:
+    """The policy directory, loaded (raises PolicyError when the first load fails)."""
+    store = PolicyStore(
+        settings.policies,
+        root_namespace=settings.root_namespace,
+        xff_num_trusted_hops=settings.xff_num_trusted_hops,
+    )
+    store.load()
+    return store
+
+
+def open_audit_log(settings: Settings) -> AuditLog:
+    return AuditLog.open(
+        settings.audit_log,
+        capacity=settings.audit_queue,
+        max_bytes=settings.audit_max_bytes,
+        backups=settings.audit_backups,
+        overflow=settings.audit_overflow,
+        hmac_key_file=settings.audit_hmac_key_file,
+    )
+
+
+class Service:
+    """Everything one serving process holds: policies, core, audit, metrics, health."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: PolicyStore,
+        audit: AuditLog,
+        identity: IdentityContext | None = None,
+        *,
+        worker: int | None = None,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.audit = audit
+        self.draining = False
+        self.metrics = Metrics().install()
+        self.metrics.watch_audit(audit)
+        self.identity = identity or IdentityContext(
+            trusted_proxies=settings.trusted_proxy, bind_token_to_peer=settings.bind_token_to_peer
+        )
+        self.cache = (
+            DecisionCache(
+                settings.cache_size,
+                settings.cache_ttl,
+                bundle_generation=self.identity.trust_generation,
+            )
+            if settings.cache_size
+            else None
+        )
+        if self.cache is not None:
+            self.metrics.watch_cache(self.cache)
+        self.quarantine = (
+            Quarantine(
+                max_denies=settings.anomaly_max_denies,
+                window=settings.anomaly_window_seconds,
+                duration=settings.anomaly_quarantine_seconds,
+                max_tracked=settings.anomaly_max_tracked,
+            )
+            if settings.anomaly_quarantine
+            else None
+        )
+        if self.quarantine is not None:
+            self.metrics.watch_quarantine(self.quarantine)
+        self.core = CheckCore(
+            lambda: store.engine,
+            self.identity,
+            cache=self.cache,
+            identity_headers=IdentityHeaders.from_mapping(settings.identity_headers),
+            quarantine=self.quarantine,
+            audit=audit,
+            metrics=self.metrics,
+            worker=worker,
+        )
+        self.health = health.HealthServicer()  # grpcio's servicer, kept in step with the rule
+        store.listeners.append(self._on_reload)
+        self._on_reload(store, store.engine is not None)
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the policy directory and the trust bundle files."""
+        self.store.reload()
+        self.identity.bundles.reload()
+
+    def health_status(self, service: str) -> int | None:
+        """The one health rule (health.py) applied to this process; None for an unknown name."""
+        return health_status(self.store, service, draining=self.draining)
+
+    def start_draining(self) -> None:
+        """Health turns NOT_SERVING for every name; checks are still decided."""
+        self.draining = True
+        self.health.enter_graceful_shutdown()
+
+    def _on_reload(self, store: PolicyStore, ok: bool) -> None:
+        if ok and self.cache is not None:
+            self.cache.clear()  # old entries could not match any more (generation): free them
+        self.metrics.policy_reloads.labels("success" if ok else "failure").inc()
+        self.metrics.policy_loaded.set(1 if ok else 0)
+        self.metrics.policy_generation.set(store.generation)
+        for name in HEALTH_SERVICES:
+            status = self.health_status(name)
+            if status is not None:
+                self.health.set(name, status)
+
+    def handle_check(self, data: bytes, context: Any) -> bytes:
+        """The gRPC handler. Never raises: the worst case is the static deny answer."""
+        try:
+            return self.core.answer(data)
+        except Exception:
+            log.exception("check handler failed; answering deny")
+            return response.STATIC_DENY
+
+    def handle_malformed(self, error: str) -> bytes:
+        """A call whose gRPC framing was bad (transports that parse frames themselves): deny it,
+        count it and audit it like an undecodable CheckRequest. Never raises."""
+        try:
+            return self.core.answer_malformed(error)
+        except Exception:
+            log.exception("malformed-call handler failed; answering deny")
+            return response.STATIC_DENY
+
+
+@contextmanager
+def running(settings: Settings, worker: int | None = None) -> Iterator[Service]:
+    """A Service with its policy and bundle watchers (and the Workload API stream) running;
+    everything stopped and the audit log flushed on exit."""
+    store = open_policy_store(settings)
+    bundles = BundleStore.from_flags(settings.trust_bundle)
+    bundles.load()  # BundleError at startup: the caller reports it and exits non-zero
+    identity = IdentityContext(
+        bundles, settings.trusted_proxy, bind_token_to_peer=settings.bind_token_to_peer
+    )
+    workload_api = start_workload_api(settings, bundles)
+    audit = open_audit_log(settings)
+    service = Service(settings, store, audit, identity, worker=worker)
+    if settings.metrics:
+        service.metrics.serve(settings.metrics)
+    watcher = DirectoryWatcher(store)
+    watcher.start()
+    bundle_watcher = BundleWatcher(bundles)
+    bundle_watcher.start()
+    try:
+        yield service
+    finally:
+        watcher.stop()
+        bundle_watcher.stop()
+        if workload_api is not None:
+            workload_api.stop()
+        audit.close()
+        log.info("stopped; %d audit records written, %d lost", audit.written, audit.lost)
+
+
+def start_workload_api(settings: Settings, bundles: BundleStore) -> Any:
+    """Stream bundles from the SPIFFE Workload API when a socket is configured (or in the env)."""
+    address = settings.workload_api or os.environ.get("SPIFFE_ENDPOINT_SOCKET")
+    if not address:
+        return None
+    from extauthz.identity.workload_api import WorkloadApiWatcher
+
+    client = WorkloadApiWatcher(address, bundles)
+    client.start()
+    log.info("streaming trust bundles from the SPIFFE Workload API at %s", address)
+    return client

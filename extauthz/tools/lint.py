@@ -1,0 +1,479 @@
+"""``extauthz lint``: policy-as-code checks beyond what fails to load.
+
+Errors are what the loader refuses (every file is tried, so one run lists them all). Warnings:
+
+- ``open-allow``: an ALLOW rule any caller can satisfy (no principal, no request principal, or
+  only ``*``);
+- ``no-spiffe-principal``: an ALLOW rule satisfiable without a SPIFFE peer principal (e.g. by a
+  token or an IP block alone);
+- ``shadowed``: a rule every request of which an earlier rule of the same action already matches
+  (in a scope at least as wide);
+- ``unreachable``: an ALLOW rule that a DENY rule always overrides, or a rule that can never
+  match (its values are all excluded by its own ``not`` values, or its path is not canonical and
+  such requests are refused with 400 before any policy);
+- ``deny-path-not-canonical``: a DENY path that is not canonical: it can never match, the
+  canonical twin is what needs denying; ``deny-path-exact``: a DENY on an exact path whose subtree
+  twin (``/p/*``) is not denied; ``deny-host-port``: a DENY on an exact host without its ``:*``
+  twin (the authority may carry a port);
+- ``selector-unsettable``: a selector no route can set (a ``namespace`` label other than the
+  policy's namespace; with ``--envoy-config``, labels no route's ``context_extensions`` hold);
+- ``method-case``: a lower-case method (Istio compares methods exactly).
+
+The subsumption used for ``shadowed``/``unreachable`` is conservative: a warning is only given
+when the covering is certain from the patterns themselves.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from extauthz.envoy.request import path_problem
+from extauthz.policy.engine import path_segments_key, principal_keys
+from extauthz.policy.loader import PolicyError, build_policy_set, load_directory, policy_files
+from extauthz.policy.loader import _read_documents as read_documents
+from extauthz.policy.model import ALLOW, DENY, AuthorizationPolicy, Condition, PolicySet, Rule, Source
+
+ERROR = "error"
+WARNING = "warning"
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    severity: str
+    code: str
+    message: str
+    file: str = ""
+    line: int = 0
+    policy: str | None = None
+    rule: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "severity": self.severity,
+            "code": self.code,
+            "file": self.file,
+            "line": self.line,
+            "policy": self.policy,
+            "rule": self.rule,
+            "message": self.message,
+        }
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}: " if self.file else ""
+        what = f"{self.policy}" + (f" rules[{self.rule}]" if self.rule is not None else "")
+        return f"{where}{self.severity}: [{self.code}] {what + ': ' if self.policy else ''}{self.message}"
+
+
+def lint_directory(
+    directory: str | Path, *, root_namespace: str = "istio-system", envoy_config: str | None = None
+) -> list[Finding]:
+    """Load (reporting every file's error) and, when everything loads, warn."""
+    try:
+        files = policy_files(Path(directory))
+    except PolicyError as exc:
+        return [_error(exc)]
+    errors: list[Finding] = []
+    docs: list[tuple[str, Any]] = []
+    for path in files:
+        try:
+            file_docs = [(str(path), d) for d in read_documents(path)]
+            build_policy_set(file_docs, root_namespace=root_namespace, files=[str(path)])
+        except PolicyError as exc:
+            errors.append(_error(exc))
+            continue
+        docs.extend(file_docs)
+    if errors:
+        return errors
+    try:
+        policies = load_directory(directory, root_namespace=root_namespace)  # cross-file checks
+    except PolicyError as exc:
+        return [_error(exc)]
+    routes = None
+    if envoy_config is not None:
+        try:
+            routes = route_extensions(yaml.safe_load(Path(envoy_config).read_text(encoding="utf-8")))
+        except (OSError, yaml.YAMLError) as exc:
+            return [Finding(ERROR, "envoy-config", f"cannot read {envoy_config}: {exc}", envoy_config)]
+    return lint_policies(policies, routes=routes)
+
+
+def _error(exc: PolicyError) -> Finding:
+    return Finding(ERROR, "load", f"{exc.resource + ': ' if exc.resource else ''}{exc.reason}",
+                   exc.where.file, exc.where.line)
+
+
+def route_extensions(config: Any) -> list[dict[str, str]]:
+    """Every ``context_extensions`` map an Envoy configuration sets (per route, vhost, ...)."""
+    found: list[dict[str, str]] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, Mapping):
+            for k, v in node.items():
+                if k == "context_extensions" and isinstance(v, Mapping):
+                    found.append({str(a): str(b) for a, b in v.items()})
+                else:
+                    walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(config)
+    return found
+
+
+# ----------------------------------------------------------------------------- rules, flattened
+
+
+@dataclass(frozen=True, slots=True)
+class _R:
+    policy: AuthorizationPolicy
+    index: int
+    rule: Rule
+    order: int
+    everywhere: bool
+
+    def finding(self, severity: str, code: str, message: str) -> Finding:
+        where = self.rule.where or self.policy.where
+        return Finding(severity, code, message, where.file if where else "", where.line if where else 0,
+                       self.policy.ref, self.index)
+
+
+def _rules(policies: PolicySet) -> list[_R]:
+    out: list[_R] = []
+    for p in policies.authorization:
+        if p.dry_run:
+            continue
+        for i, r in enumerate(p.rules):
+            out.append(_R(p, i, r, len(out), p.namespace in ("", policies.root_namespace)))
+    return out
+
+
+def lint_policies(policies: PolicySet, *, routes: list[dict[str, str]] | None = None) -> list[Finding]:
+    rules = _rules(policies)
+    out: list[Finding] = []
+    for p in policies.authorization:
+        out.extend(_selector_findings(p, policies.root_namespace, routes))
+    for r in rules:
+        out.extend(_rule_findings(r))
+    out.extend(_coverage_findings(rules))
+    return sorted(out, key=lambda f: (f.file, f.line, f.code))
+
+
+def _selector_findings(
+    p: AuthorizationPolicy, root: str, routes: list[dict[str, str]] | None
+) -> Iterator[Finding]:
+    sel = p.selector or {}
+    where = p.where
+    file, line = (where.file, where.line) if where else ("", 0)
+    ns_label = sel.get("namespace")
+    if ns_label is not None and p.namespace not in ("", root) and ns_label != p.namespace:
+        yield Finding(WARNING, "selector-unsettable",
+                      f"selector namespace={ns_label!r} can never hold for a policy in namespace "
+                      f"{p.namespace!r}: the policy never applies", file, line, p.ref)
+    elif sel and routes is not None and not any(
+        all(ext.get(k) == v for k, v in sel.items()) for ext in routes
+    ):
+        yield Finding(WARNING, "selector-unsettable",
+                      f"no route of the Envoy configuration sets context_extensions {dict(sel)}: "
+                      "the policy never applies", file, line, p.ref)
+
+
+def _source_fields(s: Source) -> dict[str, tuple[str, ...]]:
+    return {k: getattr(s, k) for k in s.__dataclass_fields__ if getattr(s, k)}
+
+
+_IDENTITY_KEYS = ("source.principal", "source.namespace", "request.auth.principal")
+
+
+def _identity_condition(conds: Iterable[Condition]) -> tuple[bool, bool]:
+    """(restricts the caller at all, requires a SPIFFE peer) from ``when`` conditions."""
+    restricts = spiffe = False
+    for c in conds:
+        if not c.values or list(c.values) == ["*"]:
+            continue
+        if c.key in _IDENTITY_KEYS or c.key.startswith("request.auth.claims["):
+            restricts = True
+        if c.key in ("source.principal", "source.namespace"):
+            spiffe = True
+    return restricts, spiffe
+
+
+def _rule_findings(r: _R) -> Iterator[Finding]:
+    rule = r.rule
+    for op in rule.operations:
+        for m in (*op.methods, *op.not_methods):
+            if m != m.upper():
+                yield r.finding(WARNING, "method-case",
+                                f"method {m!r} is not upper case: Istio compares methods exactly, "
+                                f"write {m.upper()!r}")
+    if _never_matches(rule):
+        yield r.finding(WARNING, "unreachable", "the rule can never match: every value it accepts "
+                        "is excluded by its own not-values")
+    for op in rule.operations:
+        for p in op.paths:
+            problem = _pattern_problem(p)
+            if problem is None:
+                continue
+            if r.policy.action == DENY:
+                yield r.finding(WARNING, "deny-path-not-canonical",
+                                f"DENY path {p!r} is not canonical ({problem}): such requests are "
+                                f"refused with 400 before any policy, so this never matches; deny "
+                                f"the canonical twin {_canonical(p)!r} instead")
+            else:
+                yield r.finding(WARNING, "unreachable",
+                                f"path {p!r} is not canonical ({problem}): it never matches a "
+                                f"request (use {_canonical(p)!r})")
+    if r.policy.action == DENY:
+        yield from _deny_twins(r)
+    if r.policy.action == ALLOW:
+        yield from _open_allow(r)
+
+
+def _open_allow(r: _R) -> Iterator[Finding]:
+    rule = r.rule
+    restricts, spiffe_when = _identity_condition(rule.conditions)
+    if restricts and spiffe_when:
+        return
+    sources = rule.sources or (Source(),)
+    any_caller = no_spiffe = False
+    for s in sources:
+        principals = [v for v in s.principals if v != "*"]
+        request_principals = [v for v in s.request_principals if v != "*"]
+        namespaces = [v for v in s.namespaces if v != "*"]
+        if not (principals or request_principals or namespaces) and not restricts:
+            any_caller = True
+        elif not (s.principals or s.namespaces) and not spiffe_when:
+            no_spiffe = True
+    if any_caller:
+        yield r.finding(WARNING, "open-allow", "any caller can satisfy this ALLOW rule (no principal, "
+                        "no request principal, or only '*'): is that intended?")
+    elif no_spiffe:
+        yield r.finding(WARNING, "no-spiffe-principal", "this ALLOW rule does not require a SPIFFE "
+                        "peer principal (principals or namespaces)")
+
+
+def _deny_twins(r: _R) -> Iterator[Finding]:
+    for op in r.rule.operations:
+        paths = set(op.paths)
+        for p in op.paths:
+            if "*" in p or "{" in p or p == "/" or _pattern_problem(p) is not None:
+                continue
+            base = p.rstrip("/")
+            twins = {base + "/*", base + "*", base + "/{**}"}
+            if not paths & twins:
+                yield r.finding(WARNING, "deny-path-exact",
+                                f"DENY path {p!r} is exact: {base + '/'!r} and {base + '/...'!r} are "
+                                f"not denied; add {base + '/*'!r} if the subtree is meant too")
+        hosts = {h.lower() for h in op.hosts}
+        for h in op.hosts:
+            if "*" in h or ":" in h:
+                continue
+            if h.lower() + ":*" not in hosts:
+                yield r.finding(WARNING, "deny-host-port",
+                                f"DENY host {h!r} is exact: an authority with a port ({h}:443) is not "
+                                f"denied; add {h + ':*'!r}")
+
+
+_DOT_SEGMENT = re.compile(r"(^|/)\.\.?(/|$)")
+
+
+def _pattern_problem(pattern: str) -> str | None:
+    """Why the literal parts of a path pattern can never appear in a canonical path."""
+    if pattern == "*":
+        return None
+    literal = pattern.replace("{**}", "x").replace("{*}", "x")
+    if literal.startswith("*"):  # a suffix: some path ends with it
+        literal = "/x" + literal[1:]
+    if literal.endswith("*"):  # a prefix: some path continues it
+        literal = literal[:-1] + "x"
+    return path_problem(literal)
+
+
+def _canonical(pattern: str) -> str:
+    """The canonical spelling of a path pattern: slashes merged, dot segments resolved,
+    unreserved escapes decoded, hex upper case."""
+    def fix_escape(m: re.Match[str]) -> str:
+        ch = chr(int(m.group(1), 16))
+        if ch.isalnum() or ch in "-._~":
+            return ch
+        return "%" + m.group(1).upper()
+
+    p = re.sub(r"%([0-9A-Fa-f]{2})", fix_escape, pattern.replace("\\", "/"))
+    p = re.sub(r"/{2,}", "/", p)
+    out: list[str] = []
+    for seg in p.split("/"):
+        if seg == ".":
+            continue
+        if seg == "..":
+            if len(out) > 1:
+                out.pop()
+            continue
+        out.append(seg)
+    result = "/".join(out)
+    return result if result.startswith(("/", "*")) else "/" + result
+
+
+def _never_matches(rule: Rule) -> bool:
+    """The rule's own not-values exclude everything some required field accepts."""
+    def dead(entry: Any, names: Iterable[str]) -> bool:
+        return any(
+            getattr(entry, f) and getattr(entry, "not_" + f)
+            and _covers(getattr(entry, "not_" + f), getattr(entry, f), ip=f in _IP_FIELDS)
+            for f in names
+        )
+
+    if rule.sources and all(dead(s, _SOURCE) for s in rule.sources):
+        return True
+    if rule.operations and all(dead(o, _OPERATION) for o in rule.operations):
+        return True
+    return any(
+        c.values and c.not_values and _covers(c.not_values, c.values, ip=_ip_key(c.key))
+        for c in rule.conditions
+    )
+
+
+# ----------------------------------------------------------------------------- coverage
+
+
+def _pattern_covers(a: str, b: str) -> bool:
+    """Every string pattern ``b`` matches, pattern ``a`` matches too (certain, not heuristic)."""
+    if a == b or a == "*":
+        return True
+    if "{" in a:
+        if "*" in b or "{" in b:
+            return False
+        from extauthz.policy.matchers import compile_matcher
+
+        return compile_matcher([a], paths=True)(b)
+    if a.endswith("*"):
+        prefix = a[:-1]
+        if b.startswith("*") or b == "*":
+            return False
+        literal = b.split("{", 1)[0] if "{" in b else b.rstrip("*")
+        return literal.startswith(prefix)
+    if a.startswith("*"):
+        suffix = a[1:]
+        if b.endswith("*") or "{" in b:
+            return False
+        return b.lstrip("*").endswith(suffix)
+    return False
+
+
+def _covers(a: Sequence[str], b: Sequence[str], *, ip: bool = False) -> bool:
+    """Every value pattern of ``b`` is covered by some pattern of ``a``."""
+    if ip:
+        nets_a = [ipaddress.ip_network(x, strict=False) for x in a]
+        return all(
+            any(nb.version == na.version and nb.subnet_of(na) for na in nets_a)  # type: ignore[arg-type]
+            for nb in (ipaddress.ip_network(x, strict=False) for x in b)
+        )
+    return all(any(_pattern_covers(x, y) for x in a) for y in b)
+
+
+_IP_FIELDS = ("ip_blocks", "remote_ip_blocks")
+
+
+def _fields_cover(a: Any, b: Any, names: Iterable[str], norm: Mapping[str, Any]) -> bool:
+    for f in names:
+        ip = f in _IP_FIELDS
+        fix = norm.get(f, lambda v: v)
+        av = [fix(v) for v in getattr(a, f)]
+        bv = [fix(v) for v in getattr(b, f)]
+        if av and not (bv and _covers(av, bv, ip=ip)):
+            return False
+        an = [fix(v) for v in getattr(a, "not_" + f)]
+        bn = [fix(v) for v in getattr(b, "not_" + f)]
+        if an and not (bn and _covers(bn, an, ip=ip)):
+            return False
+    return True
+
+
+_SOURCE = ("principals", "request_principals", "namespaces", "ip_blocks", "remote_ip_blocks")
+_OPERATION = ("hosts", "ports", "methods", "paths")
+_OP_NORM = {"hosts": str.lower, "methods": str.upper}
+
+
+def rule_covers(a: Rule, b: Rule) -> bool:
+    """Every request rule ``b`` matches, rule ``a`` matches (conservative)."""
+    if a.sources and not (b.sources and all(
+        any(_fields_cover(sa, sb, _SOURCE, {}) for sa in a.sources) for sb in b.sources
+    )):
+        return False
+    if a.operations and not (b.operations and all(
+        any(_fields_cover(oa, ob, _OPERATION, _OP_NORM) for oa in a.operations) for ob in b.operations
+    )):
+        return False
+    for ca in a.conditions:
+        if not any(
+            cb.key == ca.key
+            and (not ca.values or (cb.values and _covers(ca.values, cb.values, ip=_ip_key(ca.key))))
+            and (not ca.not_values or (cb.not_values and _covers(cb.not_values, ca.not_values,
+                                                                  ip=_ip_key(ca.key))))
+            for cb in b.conditions
+        ):
+            return False
+    return True
+
+
+def _ip_key(key: str) -> bool:
+    return key in ("source.ip", "remote.ip", "destination.ip")
+
+
+def _scope_covers(a: _R, b: _R) -> bool:
+    if not a.everywhere and (b.everywhere or a.policy.namespace != b.policy.namespace):
+        return False
+    sa = a.policy.selector or {}
+    sb = b.policy.selector or {}
+    return all(sb.get(k) == v for k, v in sa.items())
+
+
+def _coverage_findings(rules: list[_R]) -> Iterator[Finding]:
+    # Only a rule whose path key is a prefix of B's can cover B, and a rule naming exact
+    # principals only covers B if it names B's too: bucket by both, so a large set stays fast.
+    generic: dict[tuple[str, ...], list[_R]] = {}
+    by_principal: dict[tuple[tuple[str, ...], str], list[_R]] = {}
+    keys: dict[int, list[tuple[str, ...]]] = {}
+    principals: dict[int, tuple[str, ...]] = {}
+    for r in rules:
+        keys[r.order] = path_segments_key(r.rule)
+        principals[r.order] = principal_keys(r.rule)
+        for k in keys[r.order]:
+            if principals[r.order]:
+                for p in principals[r.order]:
+                    by_principal.setdefault((k, p), []).append(r)
+            else:
+                generic.setdefault(k, []).append(r)
+    for b in rules:
+        first = keys[b.order][0]
+        b_principal = principals[b.order][0] if principals[b.order] else None
+        candidates: list[_R] = []
+        for n in range(len(first) + 1):
+            candidates.extend(generic.get(first[:n], ()))
+            if b_principal is not None:
+                candidates.extend(by_principal.get((first[:n], b_principal), ()))
+        seen: set[int] = set()
+        shadow: _R | None = None
+        denied: _R | None = None
+        for a in sorted(candidates, key=lambda x: x.order):
+            if a.order == b.order or a.order in seen:
+                continue
+            seen.add(a.order)
+            if not _scope_covers(a, b) or not rule_covers(a.rule, b.rule):
+                continue
+            if a.policy.action == b.policy.action and a.order < b.order and shadow is None:
+                shadow = a
+            if b.policy.action == ALLOW and a.policy.action == DENY and denied is None:
+                denied = a
+        if denied is not None:
+            yield b.finding(WARNING, "unreachable", f"never allows: DENY {denied.policy.ref} "
+                            f"rules[{denied.index}] matches every request this rule matches")
+        elif shadow is not None:
+            yield b.finding(WARNING, "shadowed", f"shadowed by the broader {shadow.policy.ref} "
+                            f"rules[{shadow.index}] earlier: it matches every request this one does")
