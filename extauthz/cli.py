@@ -9,7 +9,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from extauthz import __version__
+from extauthz import __version__, reasons
 from extauthz.identity.bundles import BundleError
 from extauthz.logs import setup_logging
 from extauthz.policy import PolicyError
@@ -208,7 +208,6 @@ def _check(args: argparse.Namespace) -> int:
     from extauthz.identity.resolver import IdentityContext
     from extauthz.pipeline import CheckCore
     from extauthz.policy import compile_policies, load_directory
-    from extauthz.policy.engine import REASON_ALLOWED, REASON_DENIED_BY_POLICY, REASON_NO_MATCH
     from extauthz.tools.explain import explain
 
     try:
@@ -231,7 +230,7 @@ def _check(args: argparse.Namespace) -> int:
     core = CheckCore(lambda: engine, IdentityContext(bundles))
     _, _record, decision = core.check_message(msg)
     explanation = None
-    if decision.reason in (REASON_ALLOWED, REASON_DENIED_BY_POLICY, REASON_NO_MATCH):
+    if decision.reason in (reasons.ALLOWED, reasons.DENIED_BY_POLICY, reasons.NO_MATCH):
         explanation = explain(engine, from_check_request(msg), decision.identity)
     out: dict[str, Any] = {
         "allowed": decision.allowed,

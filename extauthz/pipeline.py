@@ -21,37 +21,24 @@ from typing import Any
 
 from google.protobuf.message import DecodeError
 
+from extauthz import reasons
 from extauthz._pb.envoy.service.auth.v3 import external_auth_pb2 as ext
 from extauthz.decision.audit import OVERFLOW_DENY, AuditLog, rfc3339, rfc3339_now
-from extauthz.decision.cache import CACHEABLE_REASONS, DecisionCache
+from extauthz.decision.cache import DecisionCache
 from extauthz.decision.quarantine import Quarantine, QuarantineEvent, caller_of
 from extauthz.envoy import response
 from extauthz.envoy.request import RequestView, from_check_request
 from extauthz.identity.headers import IdentityHeaders
 from extauthz.identity.model import Identity
-from extauthz.identity.resolver import (
-    MISSING_TOKEN_CHALLENGE,
-    REASON_AUTHN_REQUIRED,
-    IdentityContext,
-    IdentityResolver,
-)
+from extauthz.identity.resolver import MISSING_TOKEN_CHALLENGE, IdentityContext, IdentityResolver
 from extauthz.metrics import Metrics
-from extauthz.policy.engine import REASON_NO_MATCH, Engine
+from extauthz.policy.engine import Engine
 
 log = logging.getLogger("extauthz.pipeline")
 
-# Deny reasons produced here (the policy engine adds allowed / denied_by_policy /
-# no_matching_policy). A closed set: they are a metrics label.
-REASON_INVALID_PATH = "invalid_request"
-REASON_MALFORMED = "malformed_check_request"
-REASON_INVALID_PEER = "invalid_peer_identity"
-REASON_NO_POLICY = "no_policy_loaded"
-REASON_INTERNAL = "internal_error"
-REASON_QUARANTINED = "quarantined"  # too many denials lately (see anomaly.py)
-REASON_AUDIT_UNAVAILABLE = "audit_unavailable"  # audit_overflow: deny, and the log is behind
 # Denials that say nothing about the caller: they never count towards a quarantine.
 _NOT_THE_CALLERS_FAULT = frozenset(
-    {REASON_QUARANTINED, REASON_AUDIT_UNAVAILABLE, REASON_INTERNAL, REASON_NO_POLICY}
+    {reasons.QUARANTINED, reasons.AUDIT_UNAVAILABLE, reasons.INTERNAL, reasons.NO_POLICY}
 )
 
 
@@ -119,9 +106,9 @@ def decide(
     """
     decision_id = req.request_id or new_decision_id()
     if engine is None:
-        return Decision(False, 403, REASON_NO_POLICY, decision_id)
+        return Decision(False, 403, reasons.NO_POLICY, decision_id)
     if req.problem is not None:
-        return Decision(False, 400, REASON_INVALID_PATH, decision_id, error=req.problem)
+        return Decision(False, 400, reasons.INVALID_PATH, decision_id, error=req.problem)
     if resolver is None:
         resolver = _DEFAULT_IDENTITY.resolver(engine.policies)
     who = resolver.resolve(req)
@@ -137,13 +124,13 @@ def decide(
         )
     identity = who.identity
     verdict = engine.evaluate(req, identity)
-    if who.token_missing and verdict.reason == REASON_NO_MATCH:
+    if who.token_missing and verdict.reason == reasons.NO_MATCH:
         # No ALLOW matched, no DENY either, and the request brought no token where a
         # RequestAuthentication applies: ask for credentials (401) rather than refuse (403).
         return Decision(
             False,
             401,
-            REASON_AUTHN_REQUIRED,
+            reasons.AUTHN_REQUIRED,
             decision_id,
             identity=identity,
             audit_policies=verdict.audit,
@@ -297,7 +284,7 @@ class CheckCore:
         """A call whose gRPC framing was bad (transports that parse frames themselves): denied,
         audited and counted like an undecodable CheckRequest."""
         start = time.perf_counter()
-        decision = Decision(False, 403, REASON_MALFORMED, new_decision_id(), error=error)
+        decision = Decision(False, 403, reasons.MALFORMED, new_decision_id(), error=error)
         body = self._render_safely(decision)
         return self._audit_and_count(body, audit_record(decision, None, 0), decision, None, start)
 
@@ -323,7 +310,7 @@ class CheckCore:
             decision = Decision(
                 False,
                 403,
-                REASON_AUDIT_UNAVAILABLE,
+                reasons.AUDIT_UNAVAILABLE,
                 decision.decision_id,
                 identity=decision.identity,
                 error="the audit log cannot take the record",
@@ -336,7 +323,7 @@ class CheckCore:
             m.observe(decision.allowed, decision.reason, time.perf_counter() - start)
             if decision.status == 400:
                 m.bad_requests.labels("non_canonical").inc()
-            elif decision.reason == REASON_MALFORMED:
+            elif decision.reason == reasons.MALFORMED:
                 m.bad_requests.labels("malformed").inc()
         return body
 
@@ -352,7 +339,7 @@ class CheckCore:
                 self._event(quarantine_record(event))
             if quarantined:
                 rid = req.request_id or new_decision_id()
-                return Decision(False, 403, REASON_QUARANTINED, rid), None
+                return Decision(False, 403, reasons.QUARANTINED, rid), None
         cache = self.cache
         if cache is None or engine is None or req.problem is not None:
             resolver = self.identity.resolver(engine.policies) if engine is not None else None
@@ -367,7 +354,7 @@ class CheckCore:
             return _hit(cached[0], rid), cached[1]
         resolver = self.identity.resolver(engine.policies)
         decision = self._with_headers(decide(engine, req, resolver))
-        if decision.reason not in CACHEABLE_REASONS or decision.error is not None:
+        if decision.reason not in reasons.CACHEABLE or decision.error is not None:
             return decision, None
         prepared = prepare(decision, self._managed)
         ident = decision.identity
@@ -409,7 +396,7 @@ class CheckCore:
                 req = from_check_request(parse())
             except (DecodeError, ValueError, UnicodeError) as exc:
                 decision = Decision(
-                    False, 403, REASON_MALFORMED, new_decision_id(), error=f"undecodable: {exc}"
+                    False, 403, reasons.MALFORMED, new_decision_id(), error=f"undecodable: {exc}"
                 )
             else:
                 decision, prepared = self._decide(engine, req)
@@ -419,7 +406,7 @@ class CheckCore:
             decision = Decision(
                 False,
                 403,
-                REASON_INTERNAL,
+                reasons.INTERNAL,
                 (req.request_id if req else "") or new_decision_id(),
                 error="internal error",
             )

@@ -40,13 +40,13 @@ from typing import Any
 from cachetools import LRUCache
 
 from extauthz.envoy.request import RequestView
-from extauthz.policy.engine import REASON_DENIED_BY_POLICY, REASON_NO_MATCH, Engine
+from extauthz.policy.engine import Engine
 
 DIGEST = "sha256"
 DIGEST_OVER = 128
 # Headers identity may be established from, whatever the policies say.
 IDENTITY_HEADERS = frozenset({"authorization", "x-forwarded-client-cert"})
-CACHEABLE_REASONS = frozenset({"allowed", REASON_DENIED_BY_POLICY, REASON_NO_MATCH})
+
 
 Key = tuple[Hashable, ...]
 

@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from extauthz import reasons
 from extauthz.envoy.request import RequestView
 from extauthz.identity.bundles import BundleSet, BundleStore
 from extauthz.identity.jwt import (
@@ -46,11 +47,6 @@ from extauthz.policy.model import ALLOW, AuthorizationPolicy, PolicySet, Resourc
 
 log = logging.getLogger("extauthz.identity.resolver")
 
-# Deny reasons (a closed set: a metrics label).
-REASON_INVALID_TOKEN = "invalid_token"
-REASON_INVALID_PEER = "invalid_peer_identity"
-REASON_INVALID_CERT = "invalid_peer_certificate"
-REASON_MTLS_REQUIRED = "peer_authentication_required"
 
 MAX_HEADER_VALUE = 4096
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9a-z]+")
@@ -82,7 +78,6 @@ class Resolution:
 
 # RFC 6750 section 3.1: a request without credentials gets a challenge without an error code.
 MISSING_TOKEN_CHALLENGE = 'Bearer realm="extauthz"'
-REASON_AUTHN_REQUIRED = "authentication_required"
 
 
 def _challenge(error: str) -> str:
@@ -295,7 +290,7 @@ class IdentityResolver:
                 element = last_element(xfcc)
             except XfccError as exc:
                 return Resolution(
-                    status=403, reason=REASON_INVALID_PEER, error=f"x-forwarded-client-cert: {exc}"
+                    status=403, reason=reasons.INVALID_PEER, error=f"x-forwarded-client-cert: {exc}"
                 )
             principal, certificate, via = element.uri, element.cert, "x-forwarded-client-cert URI"
         peer = None
@@ -303,7 +298,7 @@ class IdentityResolver:
             peer = try_parse_spiffe_id(principal)
             if peer is None:
                 return Resolution(
-                    status=403, reason=REASON_INVALID_PEER, error=f"{via} is not a valid SPIFFE ID"
+                    status=403, reason=reasons.INVALID_PEER, error=f"{via} is not a valid SPIFFE ID"
                 )
         verified: VerifiedSvid | None = None
         cert: VerifiedSvid | None = None
@@ -311,12 +306,12 @@ class IdentityResolver:
             try:
                 cert = self.verifier.verify_field(certificate)
             except SvidError as exc:
-                return Resolution(status=403, reason=REASON_INVALID_CERT, error=str(exc))
+                return Resolution(status=403, reason=reasons.INVALID_CERT, error=str(exc))
             verified = cert if cert.verified else None
             if peer is not None and cert.spiffe_id != peer:
                 return Resolution(
                     status=403,
-                    reason=REASON_INVALID_PEER,
+                    reason=reasons.INVALID_PEER,
                     error=f"{via} differs from the certificate's URI SAN",
                 )
             if peer is None and verified is not None:
@@ -328,7 +323,10 @@ class IdentityResolver:
         )
         if self.peer_mode(req) == "STRICT" and verified is None:
             return Resolution(
-                identity, 403, REASON_MTLS_REQUIRED, "PeerAuthentication STRICT: no verified peer certificate"
+                identity,
+                403,
+                reasons.MTLS_REQUIRED,
+                "PeerAuthentication STRICT: no verified peer certificate",
             )
         return self._tokens(req, identity, cert, verified, remove, now)
 
@@ -417,7 +415,11 @@ class IdentityResolver:
     @staticmethod
     def _invalid(identity: Identity, error: str) -> Resolution:
         return Resolution(
-            identity, 401, REASON_INVALID_TOKEN, f"token: {error}", challenge=_challenge("invalid_token")
+            identity,
+            401,
+            reasons.INVALID_TOKEN,
+            f"token: {error}",
+            challenge=_challenge(reasons.INVALID_TOKEN),
         )
 
 

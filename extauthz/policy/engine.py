@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from extauthz import reasons
 from extauthz.envoy.request import RequestView
 from extauthz.identity.model import Identity
 from extauthz.policy.matchers import Matcher, compile_matcher
@@ -34,11 +35,6 @@ from extauthz.policy.model import (
     Rule,
     Source,
 )
-
-# Decision reasons: a small closed set, used as the metrics label ``reason``.
-REASON_ALLOWED = "allowed"
-REASON_DENIED_BY_POLICY = "denied_by_policy"
-REASON_NO_MATCH = "no_matching_policy"
 
 XFF_HEADER = "x-forwarded-for"
 
@@ -760,11 +756,11 @@ class Engine:
             audit = tuple(cp.ref for cp in self._audit_index.all_matches(ctx, segments))
         r = self._deny_index.first_match(ctx, segments)
         if r is not None:
-            return Verdict(False, REASON_DENIED_BY_POLICY, r.policy.ref, r.index, audit, dry)
+            return Verdict(False, reasons.DENIED_BY_POLICY, r.policy.ref, r.index, audit, dry)
         r = self._allow_index.first_match(ctx, segments)
         if r is not None:
-            return Verdict(True, REASON_ALLOWED, r.policy.ref, r.index, audit, dry)
-        return Verdict(False, REASON_NO_MATCH, None, None, audit, dry)
+            return Verdict(True, reasons.ALLOWED, r.policy.ref, r.index, audit, dry)
+        return Verdict(False, reasons.NO_MATCH, None, None, audit, dry)
 
     def applicable(self, request: RequestView) -> list[CompiledPolicy]:
         """Every policy whose scope covers ``request``, in load order (for explanations)."""

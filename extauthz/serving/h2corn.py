@@ -44,7 +44,7 @@ from extauthz.serving import lifecycle
 from extauthz.serving.service import Service
 from extauthz.settings import Settings, parse_listen
 
-log = logging.getLogger("extauthz.transport.h2corn")
+log = logging.getLogger("extauthz.serving.h2corn")
 
 HEALTH_CHECK_PATH = "/grpc.health.v1.Health/Check"
 HEALTH_WATCH_PATH = "/grpc.health.v1.Health/Watch"

@@ -32,6 +32,7 @@ from typing import Any
 
 import yaml
 
+from extauthz import reasons
 from extauthz.envoy.request import from_check_request
 from extauthz.identity.model import Token, establish
 from extauthz.pipeline import Decision, decide
@@ -141,7 +142,7 @@ def evaluate_case(engine: Engine, request: Mapping[str, Any]) -> Decision:
     if claims is None:
         return decide(engine, req)
     decision = decide(engine, req)  # path and peer checks exactly as served
-    if decision.reason not in ("allowed", "denied_by_policy", "no_matching_policy"):
+    if decision.reason not in reasons.CACHEABLE:  # decided by the policy set alone
         return decision
     aud = claims.get("aud", ())
     token = Token(
