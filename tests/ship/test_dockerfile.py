@@ -187,7 +187,7 @@ def test_build_stage_leaves_a_venv_without_pip(image_venv: Path) -> None:
     assert not (image_venv / "bin" / "pip").exists()
     site = next(image_venv.glob("lib/python3*/site-packages"))
     assert not list(site.glob("pip")), "pip must not ship in the image"
-    assert list((site / "extauthz").glob("__pycache__/check.*.pyc")), "code is byte-compiled"
+    assert list((site / "extauthz").glob("__pycache__/pipeline.*.pyc")), "code is byte-compiled"
 
 
 def test_image_command_serves_reports_health_and_drains(image_venv: Path, tmp_path: Path) -> None:
