@@ -27,10 +27,25 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results"
 CHECK_PATH = "/envoy.service.auth.v3.Authorization/Check"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# The bin/ directory of the Python running the bench (the venv's, with `.venv/bin/python`): the
+# console scripts installed next to it (h2corn, py-spy, extauthz) are found there first, so
+# `make bench-*` and `.venv/bin/python bench/run.py ...` work without the venv on PATH.
+SCRIPTS = str(Path(sys.executable).parent)
+
+
+def search_path(path: str | None = None) -> str:
+    """``path`` (default: $PATH) with the running interpreter's bin/ directory in front."""
+    rest = [p for p in (path if path is not None else os.environ.get("PATH", "")).split(os.pathsep) if p]
+    return os.pathsep.join([SCRIPTS, *(p for p in rest if p != SCRIPTS)])
+
+
+def which(tool: str) -> str | None:
+    """``shutil.which`` that also looks next to the running interpreter (the venv's bin/)."""
+    return shutil.which(tool, path=search_path())
 
 
 def need(tool: str, package: str) -> None:
-    if not shutil.which(tool):
+    if not which(tool):
         sys.exit(f"{tool} is missing: apt-get install -y {package}")
 
 
@@ -115,6 +130,7 @@ def started(
     log = Path(tempfile.mkstemp(prefix=f"bench-{name}-", suffix=".log")[1])
     full_env = dict(os.environ)
     full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), full_env.get("PYTHONPATH")]))
+    full_env["PATH"] = search_path(full_env.get("PATH"))  # Popen looks ``cmd[0]`` up in env's PATH
     full_env.update(env or {})
     with open(log, "wb") as out:
         popen = subprocess.Popen(

@@ -1,16 +1,29 @@
 """The bench suite: one command each, every run bounded in time.
 
-    python bench/run.py grpc    # h2load straight at the service, next to no-op servers
-    python bench/run.py envoy   # through a real Envoy: none / RBAC / ext_authz (no-op, extauthz)
-    python bench/run.py scale   # --workers 1, 2, ...
-    python bench/run.py rules   # policy-size sweep (bench/rules.py, from the policy work)
-    python bench/run.py stacks  # how the gRPC stack was chosen (grpcio variants, ASGI servers)
-    python bench/run.py profile # py-spy profile of the service under h2load
-    python bench/run.py hotpath # CheckCore.answer in process: CPU per check, step by step
-    python bench/run.py all     # grpc, envoy, scale, rules (and stacks), one after the other
+Network loads (h2load against running servers; need nghttp2-client):
 
-Options after the command go to it (``python bench/run.py grpc --seconds 10 --open-loop``).
-Results: a table on stdout, bench/results/NAME.json and NAME.png. See bench/README.md.
+    python bench/run.py grpc     # h2load straight at the service, next to no-op servers (grpc_load.py)
+    python bench/run.py envoy    # through a real Envoy: none / RBAC / ext_authz (envoy_load.py)
+    python bench/run.py scale    # serve --workers 1, 2, ... (scale_load.py)
+    python bench/run.py stacks   # how the gRPC stack was chosen (stacks_load.py)
+    python bench/run.py profile  # py-spy profile of the service under h2load (profile_load.py)
+
+In process (no network, seconds each):
+
+    python bench/run.py rules    # policy-size sweep: 10, 1,000, 10,000 rules (rules_cost.py)
+    python bench/run.py identity # per-check cost of tokens and peer certificates (identity_cost.py)
+    python bench/run.py cache    # decision cache and audit log on/off (cache_cost.py)
+    python bench/run.py hotpath  # CheckCore.answer: CPU per check, step by step (hotpath.py)
+
+Through Envoy with reloads (minutes):
+
+    python bench/run.py soak     # policy reloads and bundle rotations under load (soak.py)
+
+    python bench/run.py all      # grpc, envoy, scale with the given options, then the in-process four
+
+Options after the command go to it (``python bench/run.py grpc --seconds 10 --open-loop``;
+``python bench/run.py NAME --help`` lists them). Results: a table on stdout,
+bench/results/NAME.json (and NAME.png for the loads). See bench/README.md.
 """
 
 from __future__ import annotations
@@ -27,22 +40,23 @@ sys.path.insert(0, str(HERE.parent))
 os.chdir(HERE.parent)  # the commands start servers with repo-relative paths
 
 COMMANDS = {
-    "grpc": "bench_grpc",
-    "envoy": "bench_envoy",
-    "scale": "bench_scale",
-    "rules": "rules",
-    "stacks": "bench_stacks",
-    "profile": "bench_profile",
+    "grpc": "grpc_load",
+    "envoy": "envoy_load",
+    "scale": "scale_load",
+    "stacks": "stacks_load",
+    "profile": "profile_load",
+    "rules": "rules_cost",
+    "identity": "identity_cost",
+    "cache": "cache_cost",
     "hotpath": "hotpath",
+    "soak": "soak",
 }
+LOADS = ("grpc", "envoy", "scale")  # `all`: these take the options given to `all`
+IN_PROCESS = ("rules", "identity", "cache", "hotpath")  # `all`: these run with their defaults
 
 
 def run(name: str, argv: list[str]) -> int:
-    module = COMMANDS[name]
-    path = HERE / f"{module}.py"
-    if not path.exists():
-        print(f"{name}: {path.name} is not in this checkout (it comes with the policy work)", file=sys.stderr)
-        return 2
+    path = HERE / f"{COMMANDS[name]}.py"
     spec = importlib.util.spec_from_file_location(f"bench_{name}_cmd", path)
     assert spec is not None and spec.loader is not None
     mod = importlib.util.module_from_spec(spec)
@@ -51,21 +65,21 @@ def run(name: str, argv: list[str]) -> int:
     if main is None:
         print(f"{name}: {path.name} has no main()", file=sys.stderr)
         return 2
-    if inspect.signature(main).parameters:
-        code = main(argv)
-    else:  # a main() that reads sys.argv itself
-        sys.argv = [str(path), *argv]
-        code = main()
+    sys.argv = [str(path), *argv]  # for --help and error messages
+    code = main(argv) if inspect.signature(main).parameters else main()
     return int(code or 0)
 
 
 def main() -> int:
+    if sys.argv[1:2] in (["-h"], ["--help"]):
+        print(__doc__)
+        return 0
     if len(sys.argv) < 2 or sys.argv[1] not in (*COMMANDS, "all"):
         print(__doc__, file=sys.stderr)
         return 2
     name, argv = sys.argv[1], sys.argv[2:]
     if name == "all":
-        return max(run(n, argv if n != "rules" else []) for n in ("grpc", "envoy", "scale", "rules"))
+        return max([run(n, argv) for n in LOADS] + [run(n, []) for n in IN_PROCESS])
     return run(name, argv)
 
 

@@ -42,8 +42,6 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-# bench/grpc.py would shadow the grpc package: drop this script's directory from the path.
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != REPO / "bench"]
 sys.path.insert(0, str(REPO))
 
 from extauthz.devenv.ca import make_ca  # noqa: E402
@@ -156,7 +154,7 @@ class Client(threading.Thread):
         conn.close()
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--clients", type=int, default=4)
@@ -164,7 +162,7 @@ def main() -> int:
     ap.add_argument("--rotate-every", type=float, default=3.0, help="trust-bundle rotation period (s)")
     ap.add_argument("--extra-rules", type=int, default=500)
     ap.add_argument("--timeout", type=float, default=0.5, help="Envoy's ext_authz deadline (s)")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     args.seconds = min(args.seconds, 900.0)  # always bounded
 
     work = Path(tempfile.mkdtemp(prefix="extauthz-soak-"))

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -216,9 +219,36 @@ def test_the_mesh_custom_policy_is_refused_by_extauthz() -> None:
 
 
 def test_measure_script_documents_itself() -> None:
-    """deploy/measure.py (the sizing measurement) at least starts and explains its flags."""
+    """deploy/measure.py (the sizing measurement) starts, explains its flags, and the bench code
+    it loads is there."""
     out = subprocess.run(
         [sys.executable, str(DEPLOY / "measure.py"), "--help"],
         capture_output=True, text=True, timeout=60, check=True,
     ).stdout
     assert "--seconds" in out and "RSS" in out
+    common = _measure().bench_common()
+    for name in ("free_port", "started", "cpu_seconds", "load_grpc", "check_request_bytes", "need"):
+        assert callable(getattr(common, name)), name
+
+
+def _measure() -> Any:
+    spec = importlib.util.spec_from_file_location("deploy_measure", DEPLOY / "measure.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(shutil.which("h2load") is None, reason="h2load (nghttp2-client) is not installed")
+def test_measure_script_measures() -> None:
+    """A real 1 s measurement: the service answers every call and the figures are plausible."""
+    run = subprocess.run(
+        [sys.executable, str(DEPLOY / "measure.py"), "--seconds", "1", "--connections", "2",
+         "--streams", "4"],
+        capture_output=True, text=True, timeout=60, check=True,
+    )
+    result = json.loads(run.stdout)
+    assert result["checks"] > 0 and result["failed"] == 0
+    assert result["checks_per_s"] > 0
+    assert result["server_cpu_s"] > 0 and result["cpu_ms_per_1000_checks"] > 0
+    assert 0 < result["rss_idle_mib"] <= result["rss_peak_mib"] < 1024

@@ -1,6 +1,6 @@
 """Per-check cost of the identity step, measured in one run (in-process, no gRPC).
 
-    python bench/identity.py [--fresh 200]
+    python bench/run.py identity [--fresh 200]
 
 Each row times ``CheckCore.check`` on serialized CheckRequests for one scenario:
 - base: a peer principal only (no certificate, no token)
@@ -83,10 +83,10 @@ def _interleaved(
     return [(name, min(samples[name]), offsets[name]) for name, _, _ in scenarios]
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--fresh", type=int, default=100, help="distinct tokens/certificates per round")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     pub = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))

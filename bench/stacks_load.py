@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import check_request_bytes, free_port, grpc_point, need, per_core, row, save, started
+from _common import check_request_bytes, free_port, grpc_point, need, per_core, row, save, started, which
 
 COLUMNS = ["name", "rps", "per_core", "p50_ms", "p99_ms", "failed", "us_per_req"]
 PY = sys.executable
@@ -50,7 +49,7 @@ def cases() -> list[tuple[str, list[str]]]:
         ("extauthz grpcio-sync t16", ext("16")),
         ("extauthz grpcio-sync t4", ext("4")),
         ("extauthz grpcio-sync t1", ext("1")),
-        ("extauthz grpcio-aio", [PY, "bench/stacks.py", "aio", "127.0.0.1:{p}", "policies"]),
+        ("extauthz grpcio-aio", [PY, "bench/extauthz_aio.py", "aio", "127.0.0.1:{p}", "policies"]),
         (
             "noop h2corn",
             [
@@ -103,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, template in cases():
         if args.only and not any(s in name for s in args.only.split(",")):
             continue
-        if template[0] != PY and not shutil.which(template[0]):
+        if template[0] != PY and not which(template[0]):
             print(f"{name}: {template[0]} not installed, skipped", file=sys.stderr)
             continue
         port = free_port()

@@ -1,6 +1,6 @@
 """extauthz's Check core served through alternative grpcio stacks (for choosing one).
 
-    python bench/stacks.py aio HOST:PORT POLICY_DIR
+    python bench/extauthz_aio.py aio HOST:PORT POLICY_DIR
 
 ``grpcio-sync`` is ``extauthz serve`` itself; this file only adds the grpc.aio variant
 (the handler is synchronous and runs on the event loop: no thread hop).

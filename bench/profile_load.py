@@ -12,14 +12,13 @@ from __future__ import annotations
 import argparse
 import collections
 import os
-import shutil
 import subprocess
 import sys
 import threading
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import RESULTS, check_request_bytes, free_port, load_grpc, need, started
+from _common import RESULTS, check_request_bytes, free_port, load_grpc, need, started, which
 
 IDLE = (
     "Condition.wait",
@@ -39,7 +38,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--top", type=int, default=25)
     args = p.parse_args(argv)
     need("h2load", "nghttp2-client")
-    if not shutil.which("py-spy"):
+    spy_bin = which("py-spy")
+    if not spy_bin:
         sys.exit("py-spy is missing: pip install py-spy")
     RESULTS.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
             target=load_grpc, args=(port, body), kwargs={"seconds": args.seconds + 2, "warmup": 0}
         )
         load.start()
-        spy = ["py-spy", "record", "-p", str(proc.pid), "-d", str(max(1, round(args.seconds))), "-r", "250"]
+        spy = [spy_bin, "record", "-p", str(proc.pid), "-d", str(max(1, round(args.seconds))), "-r", "250"]
         subprocess.run([*spy, "-f", "raw", "-o", str(raw)], capture_output=True, check=False)
         load.join()
         load = threading.Thread(target=load_grpc, args=(port, body), kwargs={"seconds": 4, "warmup": 0})

@@ -1,6 +1,6 @@
 """Policy-size benchmark: checks/s for 10, 1,000 and 10,000 rules, as ratios to 10 rules.
 
-    python bench/rules.py [--seconds 1.0] [--sizes 10,1000,10000] [--scenarios mesh,principals]
+    python bench/run.py rules [--seconds 1.0] [--sizes 10,1000,10000] [--scenarios mesh,principals]
 
 In-process (CheckCore.check on serialized CheckRequests: parse, view, identity, policy,
 response), no network, one invocation, bounded: each point runs for ``--seconds``: three windows
@@ -158,12 +158,12 @@ def run(scenario: str, sizes: list[int], seconds: float, rounds: int = 3) -> lis
     return rows
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--seconds", type=float, default=1.0, help="per point (default 1.0)")
     ap.add_argument("--sizes", default="10,1000,10000")
     ap.add_argument("--scenarios", default="mesh,principals")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")]
     rows: list[dict[str, Any]] = []
     for scenario in args.scenarios.split(","):

@@ -1,6 +1,6 @@
 """Checks/s of the Check core with the decision cache on and off, and with the audit log on and off.
 
-    python bench/cache.py [--seconds 0.5] [--rounds 3]
+    python bench/run.py cache [--seconds 0.5] [--rounds 3]
 
 In-process, one thread: ``CheckCore.answer`` on serialized CheckRequests (what the gRPC handler
 calls), so the ratios show the work the cache and the audit writer add or save, without grpcio.
@@ -164,11 +164,11 @@ def key_cost(engine: Any, data: bytes, iterations: int = 20000) -> float:
     return round(best, 2)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--seconds", type=float, default=0.5, help="per case per round")
     ap.add_argument("--rounds", type=int, default=3)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     now = int(time.time())
