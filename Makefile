@@ -4,7 +4,8 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup run test lint protos bench-grpc bench-rules bench-cache soak fuzz clean
+.PHONY: setup run test lint protos bench-deps bench-grpc bench-envoy bench-scale bench-stacks \
+        bench-rules bench-cache soak fuzz clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,27 +19,26 @@ setup: $(STAMP)
 run: setup
 	$(BIN)/extauthz demo --policies policies
 
-## The whole test suite: generated code fresh, lint, types, unit and end-to-end tests.
+## The whole test suite: generated code fresh, lint, types, import contracts, unit and end-to-end tests.
 test: setup
 	$(BIN)/python -m extauthz.tools.protogen --check
 	$(BIN)/ruff check extauthz tests bench
 	$(BIN)/mypy extauthz
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
+## Lint, types and the import contracts (pyproject.toml [tool.importlinter]; docs/architecture.md).
 lint: setup
 	$(BIN)/ruff check extauthz tests bench
 	$(BIN)/mypy extauthz
+	$(BIN)/lint-imports
 
 ## Regenerate extauthz/_pb from protos/.
 protos: setup
 	$(BIN)/python -m extauthz.tools.protogen
 
-## Policy-size benchmark: checks/s over 10, 1,000 and 10,000 rules (JSON in bench/results/).
-bench-rules: setup
-	$(BIN)/python bench/rules.py
-
-## Benchmarks (bench/README.md): h2load from Debian's nghttp2-client, matplotlib for the charts.
-.PHONY: bench-deps bench-envoy bench-scale bench-stacks
+## Benchmarks (bench/README.md), all through bench/run.py with the venv's Python (which finds
+## the venv's h2corn and py-spy itself). h2load from Debian's nghttp2-client, matplotlib for charts.
 bench-deps: setup
 	command -v h2load >/dev/null || (apt-get update -qq && apt-get install -y -qq nghttp2-client wrk)
 	$(BIN)/python -m pip install -q -e '.[test,bench]'
@@ -55,9 +55,16 @@ bench-scale: bench-deps
 bench-stacks: bench-deps
 	$(BIN)/python bench/run.py stacks
 
+## In process, seconds each: policy-size sweep (10, 1,000, 10,000 rules); decision cache and audit on/off.
+bench-rules: setup
+	$(BIN)/python bench/run.py rules
+
+bench-cache: setup
+	$(BIN)/python bench/run.py cache
+
 ## Soak: 5 minutes through Envoy with hot reloads; JSON report in bench/results/soak.json.
 soak: setup
-	$(BIN)/python bench/soak.py --seconds 300
+	$(BIN)/python bench/run.py soak --seconds 300
 
 ## Longer fuzzing: 10 minutes per target (check, fields, policy) (see tests/fuzz/README.md).
 fuzz: setup
