@@ -116,7 +116,7 @@ class DecisionCache:
 
     When full, the least recently used entry goes. An expired entry is dropped when next looked
     up (or evicted when unused); it is never returned. (cachetools' LRUCache plus an expiry per
-    entry: a third of the cost of its TLRUCache per lookup, bench/cache.py.)
+    entry: a third of the cost of its TLRUCache per lookup, bench/cache_cost.py.)
     """
 
     def __init__(

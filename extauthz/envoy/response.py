@@ -80,7 +80,7 @@ def allow(
 # decision id (in dynamic_metadata, and in a deny's header and body). ``Prepared.finish`` adds the
 # id inside the same two length-delimited fields (entries appended to the encoded content, so each
 # field still occurs once: no parser has to merge messages). On a cache hit that is ~1.4 us for an
-# allow instead of ~7 us to build the response whole (CPU time; bench/cache.py has the effect on
+# allow instead of ~7 us to build the response whole (CPU time; bench/cache_cost.py has the effect on
 # checks/s); on a miss, preparing then finishing costs ~2 us more than one build.
 _FIELD = ext.CheckResponse.DESCRIPTOR.fields_by_name
 _DENIED_FIELD = _FIELD["denied_response"].number

@@ -8,7 +8,7 @@ CheckRequest bytes; the secure outcome is a deny — 401 with ``WWW-Authenticate
 same request with an honest token is allowed, so every deny below is the attack's doing.
 
 Unit-level checks of the same classes (the validator alone, with the error messages) are in
-tests/identity/test_tokens.py; the key and token helpers come from tests/identity/helpers.py.
+tests/identity/test_tokens.py; the key and token helpers come from tests/helpers/identity.py.
 """
 
 from __future__ import annotations
