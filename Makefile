@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup run test lint protos bench-grpc bench-rules bench-cache soak fuzz clean
+.PHONY: setup test-deps run test lint protos bench-grpc bench-rules bench-cache soak fuzz clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,12 +14,23 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+## Tools the tests use that PyPI does not ship: promtool (Debian's prometheus package) checks
+## deploy/prometheus. Installed with apt when running as root; otherwise its tests are skipped.
+test-deps:
+	@command -v promtool >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 \
+	    || { apt-get update -qq; apt-get install -y -qq --no-install-recommends prometheus; } \
+	    || echo "promtool could not be installed: the promtool tests will be skipped"; \
+	  else echo "promtool missing (apt-get install prometheus): the promtool tests will be skipped"; fi; }
+
 ## Start extauthz behind a real Envoy (mTLS) on the example policies; prints curl commands.
 run: setup
 	$(BIN)/extauthz demo --policies policies
 
 ## The whole test suite: generated code fresh, lint, types, unit and end-to-end tests.
-test: setup
+test: setup test-deps
 	$(BIN)/python -m extauthz.tools.protogen --check
 	$(BIN)/ruff check extauthz tests bench
 	$(BIN)/mypy extauthz
