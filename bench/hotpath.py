@@ -83,6 +83,12 @@ def tracing_rows(policies: str, tmp: str, seconds: float) -> None:
     )
     try:
         assert sink.stdout is not None and sink.stdout.readline().strip() == "ready"
+        for kind in ("cached", "uncached"):  # the same requests, tracing off: the baseline
+            core, audit = build(policies, os.path.join(tmp, f"o{kind}.jsonl"), kind == "cached")
+            wall, cpu = rate(lambda core=core: core.answer(next_request()), seconds)  # type: ignore[misc]
+            audit.close()
+            print(f"answer {kind:8s}, tracing off : {wall:6.1f} us wall, {cpu:6.1f} us CPU per check "
+                  f"({1e6 / cpu:,.0f} checks/s per core)")
         for label, sampler, arg in (("100%", "always_on", ""), ("1%", "traceidratio", "0.01")):
             os.environ.update({
                 "OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
