@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 import yaml
 from helpers import LOOPBACK, ExtauthzProcess, free_port, write_policies
@@ -57,9 +58,8 @@ def exported(tmp_path_factory: pytest.TempPathFactory) -> Iterator[set[str]]:
     tmp = tmp_path_factory.mktemp("observability")
     port = free_port()
     policies = write_policies(tmp / "policies", {"p.yaml": POLICY})
-    with ExtauthzProcess(policies, tmp / "run", extra_args=["--metrics", f"{LOOPBACK}:{port}"]).start() as proc:
-        import grpc
-
+    args = ["--metrics", f"{LOOPBACK}:{port}"]
+    with ExtauthzProcess(policies, tmp / "run", extra_args=args).start() as proc:
         with grpc.insecure_channel(proc.grpc_target) as channel:
             ext_grpc.AuthorizationStub(channel).Check(check_request(path="/items"), timeout=10)
         text = urllib.request.urlopen(f"http://{LOOPBACK}:{port}/metrics", timeout=10).read().decode()
