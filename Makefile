@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup run test lint protos bench-deps bench-grpc bench-envoy bench-scale bench-stacks \
+.PHONY: setup test-deps run test lint protos bench-deps bench-grpc bench-envoy bench-scale bench-stacks \
         bench-rules bench-cache soak fuzz clean
 
 $(STAMP): pyproject.toml
@@ -15,12 +15,27 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)
 
+## Tools the tests use that PyPI does not ship: promtool (Debian's prometheus package) checks
+## deploy/prometheus, h2load (nghttp2-client) drives deploy/measure.py's test. Installed with apt
+## when running as root; otherwise those tests are skipped.
+test-deps:
+	@command -v h2load >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nghttp2-client \
+	  >/dev/null 2>&1; } || echo "h2load could not be installed: the measure.py test will be skipped"
+	@command -v promtool >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 \
+	    || { apt-get update -qq; apt-get install -y -qq --no-install-recommends prometheus; } \
+	    || echo "promtool could not be installed: the promtool tests will be skipped"; \
+	  else echo "promtool missing (apt-get install prometheus): the promtool tests will be skipped"; fi; }
+
 ## Start extauthz behind a real Envoy (mTLS) on the example policies; prints curl commands.
 run: setup
 	$(BIN)/extauthz demo --policies policies
 
 ## The whole test suite: generated code fresh, lint, types, import contracts, unit and end-to-end tests.
-test: setup
+test: setup test-deps
 	$(BIN)/python -m extauthz.tools.protogen --check
 	$(BIN)/ruff check extauthz tests bench
 	$(BIN)/mypy extauthz

@@ -1,6 +1,6 @@
 """``hotpath``: CPU per CheckCore.answer in process, and where it goes (no network, no server).
 
-    python bench/hotpath.py [--seconds 2] [--policies policies]
+    python bench/hotpath.py [--seconds 2] [--policies policies] [--tracing]
 
 The core is wired as ``serve`` wires it: decision cache on, audit log to a file (writer thread
 running), metrics on. ``cached``: the same serialized request over and over (every check after
@@ -8,12 +8,19 @@ the first is a cache hit); ``uncached``: the same request with the cache off (de
 time). CPU per check is the process CPU (the audit writer thread included) divided by checks.
 The breakdown times each step of a cached check on its own with perf_counter_ns (instrumentation
 lives here only; the steps are the calls CheckCore makes).
+
+``--tracing`` adds rows with OpenTelemetry tracing on (decision/spans.py), the request carrying
+a sampled W3C traceparent (1,024 traces in turn): sampler ``always_on`` (every check a span)
+and ``traceidratio`` 0.01 (1%); spans exported over OTLP/gRPC to ``bench/otlp_sink.py`` in a
+process of its own (its CPU is not counted; the exporting thread's is).
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -23,7 +30,7 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from _common import check_request_bytes
+from _common import check_request_bytes, free_port
 
 from extauthz import pipeline as check_mod
 from extauthz._pb.envoy.service.auth.v3 import external_auth_pb2 as ext
@@ -36,7 +43,9 @@ from extauthz.pipeline import CheckCore
 from extauthz.policy.store import PolicyStore
 
 
-def build(policies: str, audit_path: str, cached: bool) -> tuple[CheckCore, AuditLog]:
+def build(
+    policies: str, audit_path: str, cached: bool, tracer: Any = None
+) -> tuple[CheckCore, AuditLog]:
     store = PolicyStore(policies)
     store.reload()
     audit = AuditLog.open(audit_path)
@@ -47,8 +56,59 @@ def build(policies: str, audit_path: str, cached: bool) -> tuple[CheckCore, Audi
         cache=DecisionCache(10000, 10.0) if cached else None,
         audit=audit,
         metrics=metrics,
+        **({"tracer": tracer} if tracer is not None else {}),
     )
     return core, audit
+
+
+def tracing_rows(policies: str, tmp: str, seconds: float) -> None:
+    """checks/s with tracing on at 100% and 1% sampling, spans sent to bench/otlp_sink.py."""
+    from extauthz._pb.envoy.service.auth.v3 import external_auth_pb2 as ext_pb
+    from extauthz.decision.spans import start_tracing
+    from extauthz.decision.tracing import config_from_env
+
+    # Requests of 1,024 traces (a ratio sampler decides on the trace id), taken in turn.
+    msg = ext_pb.CheckRequest.FromString(check_request_bytes(allowed=True))
+    requests = []
+    for _ in range(1024):
+        traceparent = f"00-{os.urandom(16).hex()}-{os.urandom(8).hex()}-01"
+        msg.attributes.request.http.headers["traceparent"] = traceparent
+        requests.append(msg.SerializeToString())
+    next_request = itertools.cycle(requests).__next__
+    port = free_port()
+    sink = subprocess.Popen(
+        [sys.executable, os.path.join(os.path.dirname(os.path.abspath(__file__)), "otlp_sink.py"),
+         "--port", str(port)],
+        stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert sink.stdout is not None and sink.stdout.readline().strip() == "ready"
+        for kind in ("cached", "uncached"):  # the same requests, tracing off: the baseline
+            core, audit = build(policies, os.path.join(tmp, f"o{kind}.jsonl"), kind == "cached")
+            wall, cpu = rate(lambda core=core: core.answer(next_request()), seconds)  # type: ignore[misc]
+            audit.close()
+            print(f"answer {kind:8s}, tracing off : {wall:6.1f} us wall, {cpu:6.1f} us CPU per check "
+                  f"({1e6 / cpu:,.0f} checks/s per core)")
+        for label, sampler, arg in (("100%", "always_on", ""), ("1%", "traceidratio", "0.01")):
+            os.environ.update({
+                "OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",
+                "OTEL_TRACES_SAMPLER": sampler, "OTEL_TRACES_SAMPLER_ARG": arg,
+            })
+            config = config_from_env(os.environ)
+            assert config is not None
+            for kind in ("cached", "uncached"):
+                tracing = start_tracing(config)
+                core, audit = build(policies, os.path.join(tmp, f"t{kind}.jsonl"), kind == "cached", tracing)
+                wall, cpu = rate(lambda core=core: core.answer(next_request()), seconds)  # type: ignore[misc]
+                tracing.shutdown()
+                audit.close()
+                print(f"answer {kind:8s}, tracing {label:4s}: {wall:6.1f} us wall, {cpu:6.1f} us CPU "
+                      f"per check ({1e6 / cpu:,.0f} checks/s per core; spans exported "
+                      f"{tracing.exported:,}, dropped {tracing.dropped:,})")
+    finally:
+        sink.terminate()
+        out, _ = sink.communicate(timeout=10)
+        print(f"otlp sink received: {out.strip().splitlines()[-1] if out.strip() else '?'}")
 
 
 def rate(fn: Callable[[], Any], seconds: float) -> tuple[float, float]:
@@ -106,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--seconds", type=float, default=2)
     p.add_argument("--policies", default="policies")
+    p.add_argument("--tracing", action="store_true", help="also run with tracing on (100%% and 1%%)")
     args = p.parse_args(argv)
     data = check_request_bytes(allowed=True)
     with tempfile.TemporaryDirectory() as tmp:
@@ -117,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
             if kind == "cached":
                 steps = breakdown(core, data)
             audit.close()
+        if args.tracing:
+            tracing_rows(args.policies, tmp, args.seconds)
     print("steps of a cached check (us per call, each timed alone):")
     for name, us in steps.items():
         print(f"  {us:6.2f}  {name}")

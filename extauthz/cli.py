@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from extauthz import __version__, reasons
+from extauthz.decision.tracing import TracingError, config_from_env
 from extauthz.identity.bundles import BundleError
 from extauthz.logs import setup_logging
 from extauthz.policy import PolicyError
@@ -189,12 +191,13 @@ def _serve(args: argparse.Namespace) -> int:
     from extauthz.serving.main import serve
 
     try:
+        config_from_env(os.environ)  # refused before any worker starts
         return serve(settings)
     except PolicyError as exc:
         logging.getLogger("extauthz").error("cannot load policies: %s", exc)
         print(f"extauthz serve: cannot load policies: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except (OSError, BundleError) as exc:
+    except (OSError, BundleError, TracingError) as exc:
         print(f"extauthz serve: {exc}", file=sys.stderr)
         return EXIT_USAGE
 

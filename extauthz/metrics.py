@@ -48,6 +48,14 @@ class Quarantine(Protocol):
     @property
     def active(self) -> int: ...
 
+
+class Tracing(Protocol):
+    @property
+    def exported(self) -> int: ...
+    @property
+    def dropped(self) -> int: ...
+
+
 # Microsecond-range buckets: a check takes tens of microseconds to a few milliseconds.
 _BUCKETS = (
     0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
@@ -93,6 +101,11 @@ class Metrics:
         self.jwks_failures = Counter(
             "extauthz_jwks_fetch_failures", "JWKS fetches that failed.", ["issuer"], registry=r
         )
+        self.serving = Gauge(
+            "extauthz_serving",
+            "1 while the Authorization health service answers SERVING (policies loaded, not draining).",
+            registry=r,
+        )
         self._live = _LiveCollector()
         r.register(self._live)
         # Bound children of `checks` per (allowed, reason): .labels() costs more than .inc().
@@ -115,6 +128,9 @@ class Metrics:
 
     def watch_quarantine(self, quarantine: Quarantine) -> None:
         self._live.quarantine = quarantine
+
+    def watch_tracing(self, tracing: Tracing) -> None:
+        self._live.tracing = tracing
 
     def set_expiry(self, kind: str, name: str, not_after: float | None) -> None:
         """``kind`` "bundle" or "certificate"; ``not_after`` None forgets the entry."""
@@ -140,6 +156,7 @@ class _LiveCollector(Collector):
         self.audit: AuditLog | None = None
         self.cache: DecisionCache | None = None
         self.quarantine: Quarantine | None = None
+        self.tracing: Tracing | None = None
         self.expiry: dict[tuple[str, str], float] = {}
 
     def collect(self) -> Iterator[Metric]:
@@ -215,6 +232,17 @@ class _LiveCollector(Collector):
             "extauthz_quarantined_callers",
             "Callers in quarantine now.",
             q.active if q is not None else 0,
+        )
+        t = self.tracing
+        yield CounterMetricFamily(
+            "extauthz_trace_spans_exported",
+            "Check spans the trace exporter delivered (0 while tracing is off).",
+            t.exported if t is not None else 0,
+        )
+        yield CounterMetricFamily(
+            "extauthz_trace_spans_dropped",
+            "Check spans dropped: the export queue was full or the collector did not take them.",
+            t.dropped if t is not None else 0,
         )
 
 

@@ -26,6 +26,7 @@ from extauthz._pb.envoy.service.auth.v3 import external_auth_pb2 as ext
 from extauthz.decision.audit import OVERFLOW_DENY, AuditLog, rfc3339, rfc3339_now
 from extauthz.decision.cache import DecisionCache
 from extauthz.decision.quarantine import Quarantine, QuarantineEvent, caller_of
+from extauthz.decision.tracing import Tracer
 from extauthz.envoy import response
 from extauthz.envoy.request import RequestView, from_check_request
 from extauthz.identity.headers import IdentityHeaders
@@ -251,6 +252,7 @@ class CheckCore:
         audit: AuditLog | None = None,
         metrics: Metrics | None = None,
         worker: int | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self._current_engine = current_engine
         self.identity = identity or IdentityContext()
@@ -264,6 +266,7 @@ class CheckCore:
         self.audit = audit
         self.metrics = metrics
         self.worker = worker  # under `serve --workers N`: recorded in every audit record
+        self.tracer = tracer  # None when tracing is off: one attribute check per call
 
     def check_message(self, msg: ext.CheckRequest) -> tuple[bytes, dict[str, Any], Decision]:
         body, record, decision, _ = self._check(lambda: msg)
@@ -325,6 +328,10 @@ class CheckCore:
                 m.bad_requests.labels("non_canonical").inc()
             elif decision.reason == reasons.MALFORMED:
                 m.bad_requests.labels("malformed").inc()
+        if self.tracer is not None:  # the span, made after the fact with the check's times
+            end = time.time_ns()
+            begin = end - int((time.perf_counter() - start) * 1e9)
+            self.tracer.record(decision, req.headers if req is not None else {}, begin, end)
         return body
 
     def _decide(

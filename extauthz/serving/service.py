@@ -12,22 +12,27 @@ import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from grpc_health.v1 import health
 
 from extauthz.decision.audit import AuditLog
 from extauthz.decision.cache import DecisionCache
 from extauthz.decision.quarantine import Quarantine
+from extauthz.decision.tracing import Tracer, config_from_env
 from extauthz.envoy import response
+from extauthz.envoy.grpc import AUTHZ_SERVICE
 from extauthz.identity.bundles import BundleStore, BundleWatcher
 from extauthz.identity.headers import IdentityHeaders
 from extauthz.identity.resolver import IdentityContext
 from extauthz.metrics import Metrics
 from extauthz.pipeline import CheckCore
 from extauthz.policy.store import DirectoryWatcher, PolicyStore
-from extauthz.serving.health import HEALTH_SERVICES, health_status
+from extauthz.serving.health import HEALTH_SERVICES, SERVING, health_status
 from extauthz.settings import Settings
+
+if TYPE_CHECKING:
+    from extauthz.decision.spans import Tracing
 
 log = logging.getLogger("extauthz.serving.service")
 
@@ -65,6 +70,7 @@ class Service:
         identity: IdentityContext | None = None,
         *,
         worker: int | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
@@ -107,6 +113,7 @@ class Service:
             audit=audit,
             metrics=self.metrics,
             worker=worker,
+            tracer=tracer,
         )
         self.health = health.HealthServicer()  # grpcio's servicer, kept in step with the rule
         store.listeners.append(self._on_reload)
@@ -124,6 +131,7 @@ class Service:
     def start_draining(self) -> None:
         """Health turns NOT_SERVING for every name; checks are still decided."""
         self.draining = True
+        self.metrics.serving.set(0)
         self.health.enter_graceful_shutdown()
 
     def _on_reload(self, store: PolicyStore, ok: bool) -> None:
@@ -132,6 +140,7 @@ class Service:
         self.metrics.policy_reloads.labels("success" if ok else "failure").inc()
         self.metrics.policy_loaded.set(1 if ok else 0)
         self.metrics.policy_generation.set(store.generation)
+        self.metrics.serving.set(1 if self.health_status(AUTHZ_SERVICE) == SERVING else 0)
         for name in HEALTH_SERVICES:
             status = self.health_status(name)
             if status is not None:
@@ -166,8 +175,11 @@ def running(settings: Settings, worker: int | None = None) -> Iterator[Service]:
         bundles, settings.trusted_proxy, bind_token_to_peer=settings.bind_token_to_peer
     )
     workload_api = start_workload_api(settings, bundles)
+    tracing = start_tracing()
     audit = open_audit_log(settings)
-    service = Service(settings, store, audit, identity, worker=worker)
+    service = Service(settings, store, audit, identity, worker=worker, tracer=tracing)
+    if tracing is not None:
+        service.metrics.watch_tracing(tracing)
     if settings.metrics:
         service.metrics.serve(settings.metrics)
     watcher = DirectoryWatcher(store)
@@ -181,8 +193,21 @@ def running(settings: Settings, worker: int | None = None) -> Iterator[Service]:
         bundle_watcher.stop()
         if workload_api is not None:
             workload_api.stop()
+        if tracing is not None:
+            tracing.shutdown()
         audit.close()
         log.info("stopped; %d audit records written, %d lost", audit.written, audit.lost)
+
+
+def start_tracing() -> Tracing | None:
+    """One span per check when the OTEL_* environment asks for it (decision/tracing.py); None
+    when tracing is off. Raises TracingError for a setting extauthz cannot use."""
+    config = config_from_env(os.environ)
+    if config is None:
+        return None
+    from extauthz.decision.spans import start_tracing as start_sdk
+
+    return start_sdk(config)
 
 
 def start_workload_api(settings: Settings, bundles: BundleStore) -> Any:

@@ -119,3 +119,25 @@ def test_config_file_settings_and_flags_win(tmp_path: Path) -> None:
     cfg.write_text("listne: 1\n")
     with pytest.raises(SettingsError, match="listne"):
         build_settings(str(cfg), {})
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf"},
+         "OTEL_EXPORTER_OTLP_PROTOCOL='http/protobuf' is not supported"),
+        ({"OTEL_TRACES_EXPORTER": "jaeger"}, "OTEL_TRACES_EXPORTER='jaeger' is not supported"),
+    ],
+)
+def test_serve_refuses_a_tracing_setting_it_cannot_use(
+    env: dict[str, str], message: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Refused before anything starts (the supervisor of --workers N too), exit 2. (The policy
+    directory does not exist: were the setting not checked first, serve would fail on that.)"""
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    code = main(["serve", "--policies", str(tmp_path / "absent"), "--listen", "127.0.0.1:0",
+                 "--audit-log", "-"])
+    assert code == 2
+    assert message in capsys.readouterr().err

@@ -158,6 +158,7 @@ def test_broken_edit_keeps_last_good_set_then_recovers(tmp_path: Path) -> None:
     assert set_of(store.engine) == "A" if store.engine else False
     assert health("") == serving and health(POLICY_HEALTH_SERVICE) == not_serving
     assert metric("extauthz_policy_last_reload_ok") == 0
+    assert metric("extauthz_serving") == 1  # the Authorization service serves the last good set
     assert metric("extauthz_policy_reloads_total", {"result": "failure"}) == 1
     status = store.status()
     assert status.last_error and "p.yaml:4: YAML error" in status.last_error and status.generation == 1
@@ -171,6 +172,8 @@ def test_broken_edit_keeps_last_good_set_then_recovers(tmp_path: Path) -> None:
     assert metric("extauthz_policy_last_reload_ok") == 1
     assert metric("extauthz_policy_generation") == 2
     assert store.status().last_error is None
+    service.start_draining()
+    assert health("") == not_serving and metric("extauthz_serving") == 0
     audit.close()
 
 

@@ -20,6 +20,8 @@ DEPLOY = REPO / "deploy"
 K8S = DEPLOY / "kubernetes"
 ISTIO = DEPLOY / "istio"
 ALL_YAML = sorted(p for p in DEPLOY.rglob("*") if p.suffix in (".yaml", ".yml"))
+# Prometheus rule files are no Kubernetes objects: tests/ship/test_observability.py checks them.
+PROMETHEUS_YAML = {"prometheus/extauthz-rules.yaml", "prometheus/extauthz-rules.test.yaml"}
 
 
 def _docs(path: Path) -> list[Any]:
@@ -49,11 +51,15 @@ def test_every_yaml_file_is_covered_and_parses() -> None:
         "kubernetes/service.yaml",
         "kubernetes/service-headless.yaml",
         "kubernetes/pdb.yaml",
+        "kubernetes/hpa.yaml",
         "kubernetes/optional/networkpolicy.yaml",
         "istio/mesh/istio-operator.yaml",
         "istio/mesh/authorizationpolicy-custom.yaml",
+        *PROMETHEUS_YAML,
     }, "a new manifest needs its checks here"
     for path in ALL_YAML:
+        if str(path.relative_to(DEPLOY)) in PROMETHEUS_YAML:
+            continue
         for doc in _docs(path):
             assert {"apiVersion", "kind"} <= doc.keys(), path
             if doc["kind"] != "Kustomization":
@@ -76,7 +82,7 @@ def test_kubernetes_manifests_match_the_api_schema(version: str) -> None:
                 continue
             kv.validate(doc, target, strict=True)
             checked += 1
-    assert checked == 8
+    assert checked == 9
     broken = _one(K8S / "deployment.yaml")
     broken["spec"]["template"]["spec"]["containers"][0]["securityContext"]["readOnlyRootFileSystem"] = True
     with pytest.raises(kv.ValidationError):
@@ -163,7 +169,8 @@ def test_services_and_pdb_select_the_pods() -> None:
     pdb = _one(K8S / "pdb.yaml")
     assert pdb["apiVersion"] == "policy/v1"
     assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
-    assert pdb["spec"]["maxUnavailable"] == 1 < deployment["spec"]["replicas"]
+    hpa = _one(K8S / "hpa.yaml")["spec"]
+    assert pdb["spec"]["maxUnavailable"] == 1 < hpa["minReplicas"] - 1
     assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
 
 
@@ -252,3 +259,33 @@ def test_measure_script_measures() -> None:
     assert result["checks_per_s"] > 0
     assert result["server_cpu_s"] > 0 and result["cpu_ms_per_1000_checks"] > 0
     assert 0 < result["rss_idle_mib"] <= result["rss_peak_mib"] < 1024
+
+
+def test_hpa_scales_the_deployment_on_cpu_as_measured() -> None:
+    """The HPA targets the Deployment, owns its replica count, and its target matches the
+    measured CPU per check (deploy/measure.py's cpu_ms_per_1000_checks) and the CPU request."""
+    deployment = _one(K8S / "deployment.yaml")
+    hpa = _one(K8S / "hpa.yaml")
+    spec = hpa["spec"]
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    assert spec["scaleTargetRef"] == {
+        "apiVersion": deployment["apiVersion"], "kind": "Deployment",
+        "name": deployment["metadata"]["name"],
+    }
+    assert "replicas" not in deployment["spec"]  # a re-apply would reset the HPA's count
+    assert 3 <= spec["minReplicas"] < spec["maxReplicas"]
+    (metric,) = spec["metrics"]
+    assert metric["type"] == "Resource" and metric["resource"]["name"] == "cpu"
+    target = metric["resource"]["target"]
+    assert target["type"] == "Utilization" and 50 <= target["averageUtilization"] <= 80
+    # Utilization is relative to the request: one must be set.
+    request_m = int(_container()["resources"]["requests"]["cpu"].removesuffix("m"))
+    notes = hpa["metadata"]["annotations"]
+    cpu_ms_per_check = float(notes["extauthz.io/cpu-ms-per-1000-checks"]) / 1000
+    at_target = request_m * target["averageUtilization"] / 100 / cpu_ms_per_check
+    assert abs(at_target - int(notes["extauthz.io/checks-per-pod-at-target"])) / at_target < 0.05
+    readme = (DEPLOY / "README.md").read_text(encoding="utf-8")
+    assert f"{float(notes['extauthz.io/cpu-ms-per-1000-checks']):.0f} ms per 1,000 checks" in readme
+    # Scale up at once, down slowly.
+    assert spec["behavior"]["scaleUp"]["stabilizationWindowSeconds"] == 0
+    assert spec["behavior"]["scaleDown"]["stabilizationWindowSeconds"] >= 300
