@@ -49,7 +49,6 @@ class ReadSet:
     attributes: frozenset[str] = frozenset()
 
 
-
 def peer_namespaces(principal: str) -> tuple[str, ...]:
     """The namespaces Istio's ``/ns/<ns>/`` principal pattern finds in ``principal``."""
     if "/ns/" not in principal:
@@ -227,7 +226,6 @@ def header_name(key: str) -> str:
 
 def claim_path(key: str) -> tuple[str, ...]:
     return tuple(key[len("request.auth.claims[") : -1].split("]["))
-
 
 
 def read_set(policies: Sequence[AuthorizationPolicy], trusted_hops: int) -> ReadSet:

@@ -83,7 +83,6 @@ class Engine:
         return sorted((cp for cp in every if cp.applies_to(request)), key=lambda cp: cp.order)
 
 
-
 def compile_policies(
     policies: PolicySet, generation: int = 1, *, xff_num_trusted_hops: int = 0
 ) -> Engine:

@@ -36,8 +36,7 @@ import yaml
 
 from extauthz.envoy.request import path_problem
 from extauthz.policy.index import path_segments_key, principal_keys
-from extauthz.policy.loader import PolicyError, build_policy_set, load_directory, policy_files
-from extauthz.policy.loader import _read_documents as read_documents
+from extauthz.policy.loader import PolicyError, build_policy_set, load_directory, policy_files, read_documents
 from extauthz.policy.model import ALLOW, DENY, AuthorizationPolicy, Condition, PolicySet, Rule, Source
 
 ERROR = "error"
