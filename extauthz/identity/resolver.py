@@ -24,7 +24,7 @@ import time
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from extauthz import reasons
 from extauthz.envoy.request import RequestView
@@ -43,7 +43,8 @@ from extauthz.identity.model import Identity, SpiffeIdError, Token, parse_spiffe
 from extauthz.identity.svid import SvidError, SvidVerifier, VerifiedSvid
 from extauthz.identity.xfcc import HEADER as XFCC_HEADER
 from extauthz.identity.xfcc import TrustedProxies, XfccError, last_element
-from extauthz.policy.model import ALLOW, AuthorizationPolicy, PolicySet, Resource
+from extauthz.policy.model import ALLOW, AuthorizationPolicy, PolicySet
+from extauthz.policy.scope import Scope
 
 log = logging.getLogger("extauthz.identity.resolver")
 
@@ -207,29 +208,11 @@ def compile_rule(spec: Mapping[str, Any], where: str, bundles: BundleSet, jwks: 
     )
 
 
-_R = TypeVar("_R", Resource, AuthorizationPolicy)
-
-
-@dataclass(frozen=True, slots=True)
-class _Scoped(Generic[_R]):
-    """A resource and where it applies (AuthorizationPolicy's scope rules)."""
-
-    resource: _R
-    everywhere: bool  # root namespace or none
-
-    def applies_to(self, req: RequestView) -> bool:
-        r = self.resource
-        if not self.everywhere and r.namespace != req.namespace:
-            return False
-        if r.selector is not None:
-            return all(req.context_extensions.get(k) == v for k, v in r.selector.items())
-        return True
-
-    def tier(self) -> int:
-        """PeerAuthentication specificity: workload selector > namespace > root."""
-        if self.resource.selector is not None:
-            return 3
-        return 1 if self.everywhere else 2
+def _tier(scope: Scope) -> int:
+    """PeerAuthentication specificity: workload selector > namespace > root."""
+    if scope.selector is not None:
+        return 3
+    return 1 if scope.everywhere else 2
 
 
 # ----------------------------------------------------------------------------- the resolver
@@ -252,7 +235,7 @@ class IdentityResolver:
         self.verifier = SvidVerifier(bundles)
         self._request_authn = tuple(
             (
-                _Scoped(r, r.namespace in ("", root)),
+                Scope.of(r, root),
                 tuple(
                     compile_rule(
                         spec, f"{r.where} RequestAuthentication {r.namespace}/{r.name}", bundles, jwks
@@ -262,9 +245,9 @@ class IdentityResolver:
             )
             for r in policies.request_authentication
         )
-        self._peer_authn = tuple(_Scoped(r, r.namespace in ("", root)) for r in policies.peer_authentication)
+        self._peer_authn = tuple((Scope.of(r, root), r) for r in policies.peer_authentication)
         self._token_allow = tuple(
-            _Scoped(p, p.namespace in ("", root))
+            Scope.of(p, root)
             for p in policies.authorization
             if p.action == ALLOW and not p.dry_run and _reads_token(p)
         )
@@ -338,17 +321,17 @@ class IdentityResolver:
         Within one tier, the strictest mode wins (a deterministic, fail-closed tie-break).
         """
         by_tier: dict[int, list[str]] = {}
-        for scoped in self._peer_authn:
-            if not scoped.applies_to(req):
+        for scope, resource in self._peer_authn:
+            if not scope.applies_to(req):
                 continue
-            spec = scoped.resource.spec
+            spec = resource.spec
             mode = (spec.get("mtls") or {}).get("mode", "UNSET")
             port_level = spec.get("portLevelMtls") or {}
             port_mtls = port_level.get(str(req.port)) or port_level.get(req.port)
             if port_mtls and port_mtls.get("mode", "UNSET") != "UNSET":
                 mode = port_mtls["mode"]
             if mode != "UNSET":
-                by_tier.setdefault(scoped.tier(), []).append(mode)
+                by_tier.setdefault(_tier(scope), []).append(mode)
         for tier in (3, 2, 1):
             if tier in by_tier:
                 return max(by_tier[tier], key=lambda m: _MODE_RANK[m])
@@ -358,7 +341,7 @@ class IdentityResolver:
 
     def rules_for(self, req: RequestView) -> tuple[JwtRule, ...]:
         return tuple(
-            rule for scoped, rules in self._request_authn if scoped.applies_to(req) for rule in rules
+            rule for scope, rules in self._request_authn if scope.applies_to(req) for rule in rules
         )
 
     def _tokens(
@@ -378,7 +361,7 @@ class IdentityResolver:
         except TokenError as exc:
             return self._invalid(identity, str(exc))
         if not found:  # no token: no request principal (Istio); policy decides
-            wanted = any(scoped.applies_to(req) for scoped in self._token_allow)
+            wanted = any(scope.applies_to(req) for scope in self._token_allow)
             return Resolution(identity, remove=remove, token_missing=wanted)
         if len(found) > 1:
             return self._invalid(identity, "more than one token in the request")

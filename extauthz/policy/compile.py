@@ -7,7 +7,7 @@ any operation, any source, every condition; its named checks explain which part 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from extauthz.envoy.request import RequestView
@@ -36,6 +36,7 @@ from extauthz.policy.attributes import (
 )
 from extauthz.policy.matchers import Matcher, compile_matcher
 from extauthz.policy.model import DENY, AuthorizationPolicy, Condition, Operation, Rule, Source
+from extauthz.policy.scope import Scope
 
 # ----------------------------------------------------------------------------- field checks
 
@@ -296,31 +297,18 @@ def compile_rule(
 # ----------------------------------------------------------------------------- policies
 
 
-def selector_test(selector: Mapping[str, str] | None) -> Predicate | None:
-    if not selector:  # no selector, or an empty matchLabels: applies to every route
-        return None
-    items = tuple(selector.items())
-    return lambda ctx: all(ctx.request.context_extensions.get(k) == v for k, v in items)
-
-
 @dataclass(eq=False, slots=True)
 class CompiledPolicy:
     policy: AuthorizationPolicy
     ref: str
     order: int  # place in load order
-    applies_everywhere: bool
-    selector_test: Predicate | None
+    scope: Scope
+    selector_test: Predicate | None  # scope.selector_test(), compiled once
     rules: tuple[CompiledRule, ...] = ()
 
     def applies_to(self, req: RequestView) -> bool:
-        """Scope: namespace and selector (see the interface spec)."""
-        p = self.policy
-        if not self.applies_everywhere and p.namespace != req.namespace:
-            return False
-        if p.selector:
-            ext = req.context_extensions
-            return all(ext.get(k) == v for k, v in p.selector.items())
-        return True
+        """Scope: namespace and selector (``policy/scope.py``)."""
+        return self.scope.applies_to(req)
 
     def first_match(self, ctx: Context) -> int | None:
         for r in self.rules:

@@ -21,9 +21,10 @@ from extauthz import reasons
 from extauthz.envoy.request import RequestView
 from extauthz.identity.model import Identity
 from extauthz.policy.attributes import Context, ReadSet, read_set, remote_ip_reader
-from extauthz.policy.compile import CompiledPolicy, Readers, compile_rule, selector_test
+from extauthz.policy.compile import CompiledPolicy, Readers, compile_rule
 from extauthz.policy.index import ScopeIndex, request_segments
 from extauthz.policy.model import ALLOW, AUDIT, DENY, PolicySet
+from extauthz.policy.scope import Scope
 
 __all__ = ["Context", "Engine", "ReadSet", "Verdict", "compile_policies"]
 
@@ -63,7 +64,7 @@ class Engine:
             dry = tuple(
                 (cp.ref, f"{cp.policy.action.lower()}_" + ("match" if m is not None else "no_match"))
                 for cp in self.dry_run
-                if cp.applies_to(request)
+                if cp.scope.applies_to(request)
                 for m in (cp.first_match(ctx),)
             )
         audit: tuple[str, ...] = ()
@@ -80,7 +81,7 @@ class Engine:
     def applicable(self, request: RequestView) -> list[CompiledPolicy]:
         """Every policy whose scope covers ``request``, in load order (for explanations)."""
         every = (*self.deny, *self.allow, *self.audit, *self.dry_run)
-        return sorted((cp for cp in every if cp.applies_to(request)), key=lambda cp: cp.order)
+        return sorted((cp for cp in every if cp.scope.applies_to(request)), key=lambda cp: cp.order)
 
 
 def compile_policies(
@@ -92,12 +93,13 @@ def compile_policies(
     indexes = {ALLOW: ScopeIndex(), DENY: ScopeIndex(), AUDIT: ScopeIndex()}
     order = 0
     for n, p in enumerate(policies.authorization):
+        scope = Scope.of(p, policies.root_namespace)
         cp = CompiledPolicy(
             policy=p,
             ref=p.ref,
             order=n,
-            applies_everywhere=p.namespace in ("", policies.root_namespace),
-            selector_test=selector_test(p.selector),
+            scope=scope,
+            selector_test=scope.selector_test(),
         )
         rules = []
         for i, r in enumerate(p.rules):

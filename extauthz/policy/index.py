@@ -115,12 +115,12 @@ class ScopeIndex:
 
     def add(self, rule: CompiledRule) -> None:
         cp = rule.policy
-        scope = None if cp.applies_everywhere else cp.policy.namespace
+        scope = None if cp.scope.everywhere else cp.scope.namespace
         entry = self.scopes.get(scope)
         if entry is None:
             entry = self.scopes[scope] = (_Bucket(), {})
         plain, by_label = entry
-        sel = cp.policy.selector
+        sel = cp.scope.selector
         if sel:
             label = min(sel.items())
             bucket = by_label.get(label)

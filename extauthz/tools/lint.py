@@ -38,6 +38,7 @@ from extauthz.envoy.request import path_problem
 from extauthz.policy.index import path_segments_key, principal_keys
 from extauthz.policy.loader import PolicyError, build_policy_set, load_directory, policy_files, read_documents
 from extauthz.policy.model import ALLOW, DENY, AuthorizationPolicy, Condition, PolicySet, Rule, Source
+from extauthz.policy.scope import Scope
 
 ERROR = "error"
 WARNING = "warning"
@@ -136,7 +137,7 @@ class _R:
     index: int
     rule: Rule
     order: int
-    everywhere: bool
+    scope: Scope
 
     def finding(self, severity: str, code: str, message: str) -> Finding:
         where = self.rule.where or self.policy.where
@@ -149,8 +150,9 @@ def _rules(policies: PolicySet) -> list[_R]:
     for p in policies.authorization:
         if p.dry_run:
             continue
+        scope = Scope.of(p, policies.root_namespace)
         for i, r in enumerate(p.rules):
-            out.append(_R(p, i, r, len(out), p.namespace in ("", policies.root_namespace)))
+            out.append(_R(p, i, r, len(out), scope))
     return out
 
 
@@ -168,17 +170,16 @@ def lint_policies(policies: PolicySet, *, routes: list[dict[str, str]] | None = 
 def _selector_findings(
     p: AuthorizationPolicy, root: str, routes: list[dict[str, str]] | None
 ) -> Iterator[Finding]:
+    scope = Scope.of(p, root)
     sel = p.selector or {}
     where = p.where
     file, line = (where.file, where.line) if where else ("", 0)
     ns_label = sel.get("namespace")
-    if ns_label is not None and p.namespace not in ("", root) and ns_label != p.namespace:
+    if ns_label is not None and not scope.everywhere and ns_label != p.namespace:
         yield Finding(WARNING, "selector-unsettable",
                       f"selector namespace={ns_label!r} can never hold for a policy in namespace "
                       f"{p.namespace!r}: the policy never applies", file, line, p.ref)
-    elif sel and routes is not None and not any(
-        all(ext.get(k) == v for k, v in sel.items()) for ext in routes
-    ):
+    elif sel and routes is not None and not any(scope.labels_match(ext) for ext in routes):
         yield Finding(WARNING, "selector-unsettable",
                       f"no route of the Envoy configuration sets context_extensions {dict(sel)}: "
                       "the policy never applies", file, line, p.ref)
@@ -425,14 +426,6 @@ def _ip_key(key: str) -> bool:
     return key in ("source.ip", "remote.ip", "destination.ip")
 
 
-def _scope_covers(a: _R, b: _R) -> bool:
-    if not a.everywhere and (b.everywhere or a.policy.namespace != b.policy.namespace):
-        return False
-    sa = a.policy.selector or {}
-    sb = b.policy.selector or {}
-    return all(sb.get(k) == v for k, v in sa.items())
-
-
 def _coverage_findings(rules: list[_R]) -> Iterator[Finding]:
     # Only a rule whose path key is a prefix of B's can cover B, and a rule naming exact
     # principals only covers B if it names B's too: bucket by both, so a large set stays fast.
@@ -464,7 +457,7 @@ def _coverage_findings(rules: list[_R]) -> Iterator[Finding]:
             if a.order == b.order or a.order in seen:
                 continue
             seen.add(a.order)
-            if not _scope_covers(a, b) or not rule_covers(a.rule, b.rule):
+            if not a.scope.covers(b.scope) or not rule_covers(a.rule, b.rule):
                 continue
             if a.policy.action == b.policy.action and a.order < b.order and shadow is None:
                 shadow = a
