@@ -20,6 +20,7 @@ from extauthz.identity.jwt import DEFAULT_LOCATIONS, ClaimHeader, JwtRule, Locat
 from extauthz.identity.keys import JwksError, JwksRegistry, KeySet, next_version, parse_jwks
 from extauthz.identity.model import SpiffeIdError, parse_spiffe_id
 from extauthz.identity.xfcc import HEADER as XFCC_HEADER
+from extauthz.policy.model import JwtRuleSpec
 
 # The resolver's logger, as before the split: operators filter on its name.
 log = logging.getLogger("extauthz.identity.resolver")
@@ -39,15 +40,6 @@ def _duration(value: Any, default: float) -> float:
         return default
     n = float(m.group(1))
     return n / 1000 if m.group(2) == "ms" else n * 60 if m.group(2) == "m" else n
-
-
-def _strings(value: Any) -> tuple[str, ...] | None:
-    """A list of strings (absent: empty); None when it is anything else."""
-    if value is None:
-        return ()
-    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
-        return None
-    return tuple(value)
 
 
 def _header_name(value: Any) -> str | None:
@@ -71,8 +63,9 @@ class BundleKeys:
         return b.jwt_keys if b is not None else None
 
 
-def compile_rule(spec: Mapping[str, Any], where: str, bundles: BundleSet, jwks: JwksRegistry) -> JwtRule:
-    issuer = str(spec.get("issuer", ""))
+def compile_rule(spec: JwtRuleSpec, where: str, bundles: BundleSet, jwks: JwksRegistry) -> JwtRule:
+    """One ``jwtRules[]`` entry (as the loader typed it) -> the rule tokens are validated against."""
+    issuer = spec.issuer
     svid_td: str | None = None
     if issuer.lower().startswith("spiffe://"):
         try:
@@ -80,17 +73,9 @@ def compile_rule(spec: Mapping[str, Any], where: str, bundles: BundleSet, jwks: 
             svid_td = sid.trust_domain if not sid.path else None
         except SpiffeIdError:
             svid_td = None
-    audiences = _strings(spec.get("audiences"))
     keys: Any
-    if audiences is None:  # e.g. a bare string: never guess, reject the rule's tokens
-        log.error(
-            "%s: jwtRules issuer %s: audiences is not a list of strings: its tokens are rejected",
-            where,
-            issuer,
-        )
-        audiences, keys = (), StaticKeys(KeySet(version=next_version()))
-    elif spec.get("jwks"):
-        raw = spec["jwks"]
+    if spec.jwks:
+        raw = spec.jwks
         try:
             keys = StaticKeys(
                 parse_jwks(raw if isinstance(raw, Mapping) else str(raw), version=next_version())
@@ -100,9 +85,9 @@ def compile_rule(spec: Mapping[str, Any], where: str, bundles: BundleSet, jwks: 
                 "%s: jwtRules issuer %s: unusable jwks (%s): its tokens are rejected", where, issuer, exc
             )
             keys = StaticKeys(KeySet(version=next_version()))
-    elif spec.get("jwksUri"):
+    elif spec.jwks_uri:
         try:
-            keys = jwks.get(str(spec["jwksUri"]), _duration(spec.get("timeout"), 5.0))
+            keys = jwks.get(spec.jwks_uri, _duration(spec.timeout, 5.0))
         except JwksError as exc:
             log.error("%s: jwtRules issuer %s: %s: its tokens are rejected", where, issuer, exc)
             keys = StaticKeys(KeySet(version=next_version()))
@@ -114,41 +99,32 @@ def compile_rule(spec: Mapping[str, Any], where: str, bundles: BundleSet, jwks: 
         )
         keys = StaticKeys(KeySet(version=next_version()))
     locations: list[Location] = []
-    from_headers = spec.get("fromHeaders") or ()
-    if not isinstance(from_headers, list | tuple):
-        log.error("%s: fromHeaders is not a list: ignored", where)
-        from_headers = ()
-    for h in from_headers:
-        name = _header_name(h.get("name")) if isinstance(h, Mapping) else None
+    for h in spec.from_headers:
+        name = _header_name(h.name)
         if name is not None:
-            locations.append(Location("header", name, str(h.get("prefix") or "")))
+            locations.append(Location("header", name, h.prefix))
         else:
-            log.error("%s: fromHeaders entry %r ignored: not a usable header name", where, h)
-    for kind, field_name in (("param", "fromParams"), ("cookie", "fromCookies")):
-        names = _strings(spec.get(field_name))
-        if names is None:
-            log.error("%s: %s is not a list of strings: ignored", where, field_name)
-        locations += [Location(kind, n) for n in names or ()]
+            log.error("%s: fromHeaders entry %r ignored: not a usable header name", where, h.name)
+    locations += [Location("param", n) for n in spec.from_params]
+    locations += [Location("cookie", n) for n in spec.from_cookies]
     claim_headers = []
-    outputs = spec.get("outputClaimToHeaders") or ()
-    for ch in outputs if isinstance(outputs, list | tuple) else ():
-        name = _header_name(ch.get("header")) if isinstance(ch, Mapping) else None
-        if name is None or not isinstance(ch.get("claim"), str):
-            log.error("%s: outputClaimToHeaders entry %r ignored", where, ch)
+    for ch in spec.output_claim_to_headers:
+        name = _header_name(ch.header)
+        if name is None:
+            log.error("%s: outputClaimToHeaders entry %r ignored", where, ch.header)
             continue
-        claim_headers.append(ClaimHeader(name, ch["claim"]))
-    payload_header = spec.get("outputPayloadToHeader")
+        claim_headers.append(ClaimHeader(name, ch.claim))
+    payload_header = spec.output_payload_to_header
     return JwtRule(
         issuer=issuer,
-        audiences=audiences,
+        audiences=spec.audiences,
         keys=keys,
         locations=tuple(locations) or DEFAULT_LOCATIONS,
         payload_header=_header_name(payload_header) if payload_header else None,
         claim_headers=tuple(claim_headers),
-        forward_original_token=bool(spec.get("forwardOriginalToken", False)),
+        forward_original_token=spec.forward_original_token,
         svid_trust_domain=svid_td,
     )
-
 
 
 def extract_tokens(req: RequestView, rules: Sequence[JwtRule]) -> list[tuple[Location, str]]:

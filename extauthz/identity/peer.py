@@ -13,7 +13,7 @@ from extauthz.identity.model import Identity, try_parse_spiffe_id
 from extauthz.identity.svid import SvidError, SvidVerifier, VerifiedSvid
 from extauthz.identity.xfcc import HEADER as XFCC_HEADER
 from extauthz.identity.xfcc import TrustedProxies, XfccError, last_element
-from extauthz.policy.model import Resource
+from extauthz.policy.model import UNSET, PeerAuthentication
 from extauthz.policy.scope import Scope
 
 _MODE_RANK = {"DISABLE": 0, "PERMISSIVE": 1, "STRICT": 2}
@@ -85,7 +85,7 @@ def _tier(scope: Scope) -> int:
 class PeerModes:
     """The PeerAuthentication resources of one policy generation."""
 
-    def __init__(self, resources: Sequence[Resource], root_namespace: str) -> None:
+    def __init__(self, resources: Sequence[PeerAuthentication], root_namespace: str) -> None:
         self._peer_authn = tuple((Scope.of(r, root_namespace), r) for r in resources)
 
     def mode(self, req: RequestView) -> str:
@@ -97,13 +97,11 @@ class PeerModes:
         for scope, resource in self._peer_authn:
             if not scope.applies_to(req):
                 continue
-            spec = resource.spec
-            mode = (spec.get("mtls") or {}).get("mode", "UNSET")
-            port_level = spec.get("portLevelMtls") or {}
-            port_mtls = port_level.get(str(req.port)) or port_level.get(req.port)
-            if port_mtls and port_mtls.get("mode", "UNSET") != "UNSET":
-                mode = port_mtls["mode"]
-            if mode != "UNSET":
+            mode = resource.mtls_mode
+            port_mode = resource.port_level_mtls.get(str(req.port), UNSET)
+            if port_mode != UNSET:
+                mode = port_mode
+            if mode != UNSET:
                 by_tier.setdefault(_tier(scope), []).append(mode)
         for tier in (3, 2, 1):
             if tier in by_tier:

@@ -91,7 +91,7 @@ class IdentityResolver:
                     compile_rule(
                         spec, f"{r.where} RequestAuthentication {r.namespace}/{r.name}", bundles, jwks
                     )
-                    for spec in r.spec.get("jwtRules") or ()
+                    for spec in r.jwt_rules
                 ),
             )
             for r in policies.request_authentication

@@ -2,7 +2,19 @@
 
 from __future__ import annotations
 
-from extauthz.policy.model import Resource, Where
+from types import MappingProxyType
+from typing import Any
+
+from extauthz.policy.model import (
+    MTLS_MODES,
+    UNSET,
+    ClaimToHeader,
+    FromHeader,
+    JwtRuleSpec,
+    PeerAuthentication,
+    RequestAuthentication,
+    Where,
+)
 from extauthz.policy.strict import (
     Ctx,
     Map,
@@ -33,24 +45,24 @@ _JWT_RULE_FIELDS = (
 
 def request_authentication(
     ctx: Ctx, doc: Map, name: str, namespace: str, where: Where
-) -> Resource:
+) -> RequestAuthentication:
     spec = as_map(ctx, doc, "spec", doc.get("spec", Map()))
     check_fields(ctx, spec, "spec", ("selector", "jwtRules"))
+    rules: list[JwtRuleSpec] = []
     for rule in as_list(ctx, spec, "jwtRules", spec.get("jwtRules") or Seq()):
         rule = as_map(ctx, spec, "jwtRules[]", rule)
         check_fields(ctx, rule, "jwtRules[]", _JWT_RULE_FIELDS)
-        _jwt_rule(ctx, rule)
-    return Resource(
-        kind="RequestAuthentication",
+        rules.append(_jwt_rule(ctx, rule))
+    return RequestAuthentication(
         name=name,
         namespace=namespace,
-        spec=spec,
+        jwt_rules=tuple(rules),
         selector=read_selector(ctx, spec),
         where=where,
     )
 
 
-def _jwt_rule(ctx: Ctx, rule: Map) -> None:
+def _jwt_rule(ctx: Ctx, rule: Map) -> JwtRuleSpec:
     """Type-check one ``jwtRules[]`` entry (its semantics live with the token code)."""
     if not as_str(ctx, rule, "jwtRules[].issuer", rule.get("issuer")):
         raise ctx.error(rule, "jwtRules[].issuer must not be empty")
@@ -81,16 +93,33 @@ def _jwt_rule(ctx: Ctx, rule: Map) -> None:
         for name in ("header", "claim"):
             if not as_str(ctx, o, f"jwtRules[].outputClaimToHeaders[].{name}", o.get(name)):
                 raise ctx.error(o, f"jwtRules[].outputClaimToHeaders[].{name} must not be empty")
-
-
-_MTLS_MODES = ("UNSET", "DISABLE", "PERMISSIVE", "STRICT")
+    # Every field is checked above: read the entry into its typed form.
+    jwks: Any = rule.get("jwks")
+    return JwtRuleSpec(
+        issuer=rule["issuer"],
+        audiences=tuple(rule.get("audiences") or ()),
+        jwks=jwks,
+        jwks_uri=rule.get("jwksUri", ""),
+        timeout=rule.get("timeout"),
+        from_headers=tuple(
+            FromHeader(h["name"], h.get("prefix", "")) for h in rule.get("fromHeaders") or ()
+        ),
+        from_params=tuple(rule.get("fromParams") or ()),
+        from_cookies=tuple(rule.get("fromCookies") or ()),
+        output_payload_to_header=rule.get("outputPayloadToHeader", ""),
+        output_claim_to_headers=tuple(
+            ClaimToHeader(o["header"], o["claim"]) for o in rule.get("outputClaimToHeaders") or ()
+        ),
+        forward_original_token=rule.get("forwardOriginalToken", False),
+    )
 
 
 def peer_authentication(
     ctx: Ctx, doc: Map, name: str, namespace: str, where: Where
-) -> Resource:
+) -> PeerAuthentication:
     spec = as_map(ctx, doc, "spec", doc.get("spec", Map()))
     check_fields(ctx, spec, "spec", ("selector", "mtls", "portLevelMtls"))
+    modes: dict[str, str] = {}  # "mtls" or the port -> mode (UNSET when not set)
     for what, value in (("mtls", spec.get("mtls")), *(
         (f"portLevelMtls.{p}", v)
         for p, v in as_map(ctx, spec, "portLevelMtls", spec.get("portLevelMtls") or Map()).items()
@@ -99,11 +128,13 @@ def peer_authentication(
         if what != "mtls" and (not port.isdigit() or not 0 < int(port) < 65536):
             raise ctx.error(spec, f"portLevelMtls: {port!r} is not a port number")
         if value is None:
+            modes[port] = UNSET
             continue
         m = as_map(ctx, spec, what, value)
         check_fields(ctx, m, what, ("mode",))
-        if m.get("mode", "UNSET") not in _MTLS_MODES:
-            raise ctx.error(m, f"{what}.mode must be one of {', '.join(_MTLS_MODES)}")
+        if m.get("mode", UNSET) not in MTLS_MODES:
+            raise ctx.error(m, f"{what}.mode must be one of {', '.join(MTLS_MODES)}")
+        modes[port] = m.get("mode", UNSET)
     selector = read_selector(ctx, spec)
     if "portLevelMtls" in spec and spec["portLevelMtls"] is not None:
         if not spec["portLevelMtls"]:
@@ -113,11 +144,12 @@ def peer_authentication(
                 spec, "portLevelMtls needs a selector with matchLabels (as Istio requires: a "
                 "mesh- or namespace-wide PeerAuthentication cannot have port-level mTLS)"
             )
-    return Resource(
-        kind="PeerAuthentication",
+    mtls_mode = modes.pop("mtls")
+    return PeerAuthentication(
         name=name,
         namespace=namespace,
-        spec=spec,
+        mtls_mode=mtls_mode,
+        port_level_mtls=MappingProxyType(modes),
         selector=selector,
         where=where,
     )

@@ -12,7 +12,13 @@ from typing import Any
 
 from extauthz.policy.authentication import peer_authentication, request_authentication
 from extauthz.policy.authorization import authorization_policy
-from extauthz.policy.model import AuthorizationPolicy, PolicySet, Resource, Where
+from extauthz.policy.model import (
+    AuthorizationPolicy,
+    PeerAuthentication,
+    PolicySet,
+    RequestAuthentication,
+    Where,
+)
 from extauthz.policy.strict import (
     Ctx,
     Map,
@@ -70,8 +76,8 @@ def build_policy_set(
     docs: Iterable[tuple[str, Any]], *, root_namespace: str, files: list[str]
 ) -> PolicySet:
     authz: list[AuthorizationPolicy] = []
-    request_authn: list[Resource] = []
-    peer_authn: list[Resource] = []
+    request_authn: list[RequestAuthentication] = []
+    peer_authn: list[PeerAuthentication] = []
     seen: dict[tuple[str, str, str], Where] = {}
     for file, doc in docs:
         ctx = Ctx(file, "")
