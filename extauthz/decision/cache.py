@@ -33,7 +33,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,14 +65,10 @@ def plan_for(engine: Engine) -> KeyPlan:
     query = bool(engine.reads.query_params)
     for ra in engine.policies.request_authentication:
         query = True  # Istio's default token locations include the access_token parameter
-        rules = ra.spec.get("jwtRules") or ()
-        for rule in rules if isinstance(rules, list | tuple) else ():
-            if not isinstance(rule, Mapping):
-                continue
-            for h in rule.get("fromHeaders") or ():
-                if isinstance(h, Mapping) and isinstance(h.get("name"), str):
-                    headers.add(h["name"].strip().lower())  # as authn reads it
-            if rule.get("fromCookies"):
+        for rule in ra.jwt_rules:
+            for h in rule.from_headers:
+                headers.add(h.name.strip().lower())  # as identity reads it
+            if rule.from_cookies:
                 headers.add("cookie")
     return KeyPlan(engine.generation, tuple(sorted(headers)), query)
 

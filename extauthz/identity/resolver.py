@@ -17,43 +17,24 @@ rebuilt when either changes.
 
 from __future__ import annotations
 
-import logging
-import re
 import threading
 import time
-import urllib.parse
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
 
 from extauthz import reasons
 from extauthz.envoy.request import RequestView
 from extauthz.identity.bundles import BundleSet, BundleStore
-from extauthz.identity.jwt import (
-    DEFAULT_LOCATIONS,
-    ClaimHeader,
-    JwtRule,
-    Location,
-    StaticKeys,
-    TokenError,
-    TokenValidator,
-)
-from extauthz.identity.keys import JwksError, JwksRegistry, KeySet, next_version, parse_jwks
-from extauthz.identity.model import Identity, SpiffeIdError, Token, parse_spiffe_id, try_parse_spiffe_id
-from extauthz.identity.svid import SvidError, SvidVerifier, VerifiedSvid
+from extauthz.identity.jwt import JwtRule, TokenError, TokenValidator
+from extauthz.identity.jwt_rules import claim_header_value, compile_rule, extract_tokens
+from extauthz.identity.keys import JwksRegistry
+from extauthz.identity.model import Identity, Token
+from extauthz.identity.peer import PeerError, PeerModes, establish_peer
+from extauthz.identity.svid import SvidVerifier, VerifiedSvid
 from extauthz.identity.xfcc import HEADER as XFCC_HEADER
-from extauthz.identity.xfcc import TrustedProxies, XfccError, last_element
-from extauthz.policy.model import ALLOW, AuthorizationPolicy, PolicySet, Resource
-
-log = logging.getLogger("extauthz.identity.resolver")
-
-
-MAX_HEADER_VALUE = 4096
-_HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9a-z]+")
-_RESERVED_HEADERS = frozenset(
-    {"host", "content-length", "transfer-encoding", "connection", "te", "upgrade", "x-spiffe-id", XFCC_HEADER}
-)
-_MODE_RANK = {"DISABLE": 0, "PERMISSIVE": 1, "STRICT": 2}
+from extauthz.identity.xfcc import TrustedProxies
+from extauthz.policy.model import ALLOW, AuthorizationPolicy, PolicySet
+from extauthz.policy.scope import Scope
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,153 +66,6 @@ def _challenge(error: str) -> str:
     return f'Bearer realm="extauthz", error="{error}", error_description="the access token is not valid"'
 
 
-# ----------------------------------------------------------------------------- compiling rules
-
-
-def _duration(value: Any, default: float) -> float:
-    if not isinstance(value, str):
-        return default
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)(ms|s|m)", value.strip())
-    if not m:
-        return default
-    n = float(m.group(1))
-    return n / 1000 if m.group(2) == "ms" else n * 60 if m.group(2) == "m" else n
-
-
-def _strings(value: Any) -> tuple[str, ...] | None:
-    """A list of strings (absent: empty); None when it is anything else."""
-    if value is None:
-        return ()
-    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
-        return None
-    return tuple(value)
-
-
-def _header_name(value: Any) -> str | None:
-    if not isinstance(value, str):
-        return None
-    name = value.strip().lower()
-    if not _HEADER_NAME.fullmatch(name) or name in _RESERVED_HEADERS:
-        return None
-    return name
-
-
-@dataclass(frozen=True, slots=True)
-class BundleKeys:
-    """JWT-SVID keys: the ``jwt-svid`` keys of a trust domain's bundle."""
-
-    bundles: BundleSet
-    trust_domain: str
-
-    def keys(self, kid: str | None) -> KeySet | None:
-        b = self.bundles.get(self.trust_domain)
-        return b.jwt_keys if b is not None else None
-
-
-def compile_rule(spec: Mapping[str, Any], where: str, bundles: BundleSet, jwks: JwksRegistry) -> JwtRule:
-    issuer = str(spec.get("issuer", ""))
-    svid_td: str | None = None
-    if issuer.lower().startswith("spiffe://"):
-        try:
-            sid = parse_spiffe_id(issuer)
-            svid_td = sid.trust_domain if not sid.path else None
-        except SpiffeIdError:
-            svid_td = None
-    audiences = _strings(spec.get("audiences"))
-    keys: Any
-    if audiences is None:  # e.g. a bare string: never guess, reject the rule's tokens
-        log.error(
-            "%s: jwtRules issuer %s: audiences is not a list of strings: its tokens are rejected",
-            where,
-            issuer,
-        )
-        audiences, keys = (), StaticKeys(KeySet(version=next_version()))
-    elif spec.get("jwks"):
-        raw = spec["jwks"]
-        try:
-            keys = StaticKeys(
-                parse_jwks(raw if isinstance(raw, Mapping) else str(raw), version=next_version())
-            )
-        except JwksError as exc:
-            log.error(
-                "%s: jwtRules issuer %s: unusable jwks (%s): its tokens are rejected", where, issuer, exc
-            )
-            keys = StaticKeys(KeySet(version=next_version()))
-    elif spec.get("jwksUri"):
-        try:
-            keys = jwks.get(str(spec["jwksUri"]), _duration(spec.get("timeout"), 5.0))
-        except JwksError as exc:
-            log.error("%s: jwtRules issuer %s: %s: its tokens are rejected", where, issuer, exc)
-            keys = StaticKeys(KeySet(version=next_version()))
-    elif svid_td is not None:
-        keys = BundleKeys(bundles, svid_td)
-    else:
-        log.error(
-            "%s: jwtRules issuer %s has neither jwks nor jwksUri: its tokens are rejected", where, issuer
-        )
-        keys = StaticKeys(KeySet(version=next_version()))
-    locations: list[Location] = []
-    from_headers = spec.get("fromHeaders") or ()
-    if not isinstance(from_headers, list | tuple):
-        log.error("%s: fromHeaders is not a list: ignored", where)
-        from_headers = ()
-    for h in from_headers:
-        name = _header_name(h.get("name")) if isinstance(h, Mapping) else None
-        if name is not None:
-            locations.append(Location("header", name, str(h.get("prefix") or "")))
-        else:
-            log.error("%s: fromHeaders entry %r ignored: not a usable header name", where, h)
-    for kind, field_name in (("param", "fromParams"), ("cookie", "fromCookies")):
-        names = _strings(spec.get(field_name))
-        if names is None:
-            log.error("%s: %s is not a list of strings: ignored", where, field_name)
-        locations += [Location(kind, n) for n in names or ()]
-    claim_headers = []
-    outputs = spec.get("outputClaimToHeaders") or ()
-    for ch in outputs if isinstance(outputs, list | tuple) else ():
-        name = _header_name(ch.get("header")) if isinstance(ch, Mapping) else None
-        if name is None or not isinstance(ch.get("claim"), str):
-            log.error("%s: outputClaimToHeaders entry %r ignored", where, ch)
-            continue
-        claim_headers.append(ClaimHeader(name, ch["claim"]))
-    payload_header = spec.get("outputPayloadToHeader")
-    return JwtRule(
-        issuer=issuer,
-        audiences=audiences,
-        keys=keys,
-        locations=tuple(locations) or DEFAULT_LOCATIONS,
-        payload_header=_header_name(payload_header) if payload_header else None,
-        claim_headers=tuple(claim_headers),
-        forward_original_token=bool(spec.get("forwardOriginalToken", False)),
-        svid_trust_domain=svid_td,
-    )
-
-
-_R = TypeVar("_R", Resource, AuthorizationPolicy)
-
-
-@dataclass(frozen=True, slots=True)
-class _Scoped(Generic[_R]):
-    """A resource and where it applies (AuthorizationPolicy's scope rules)."""
-
-    resource: _R
-    everywhere: bool  # root namespace or none
-
-    def applies_to(self, req: RequestView) -> bool:
-        r = self.resource
-        if not self.everywhere and r.namespace != req.namespace:
-            return False
-        if r.selector is not None:
-            return all(req.context_extensions.get(k) == v for k, v in r.selector.items())
-        return True
-
-    def tier(self) -> int:
-        """PeerAuthentication specificity: workload selector > namespace > root."""
-        if self.resource.selector is not None:
-            return 3
-        return 1 if self.everywhere else 2
-
-
 # ----------------------------------------------------------------------------- the resolver
 
 
@@ -252,19 +86,19 @@ class IdentityResolver:
         self.verifier = SvidVerifier(bundles)
         self._request_authn = tuple(
             (
-                _Scoped(r, r.namespace in ("", root)),
+                Scope.of(r, root),
                 tuple(
                     compile_rule(
                         spec, f"{r.where} RequestAuthentication {r.namespace}/{r.name}", bundles, jwks
                     )
-                    for spec in r.spec.get("jwtRules") or ()
+                    for spec in r.jwt_rules
                 ),
             )
             for r in policies.request_authentication
         )
-        self._peer_authn = tuple(_Scoped(r, r.namespace in ("", root)) for r in policies.peer_authentication)
+        self._peer_modes = PeerModes(policies.peer_authentication, root)
         self._token_allow = tuple(
-            _Scoped(p, p.namespace in ("", root))
+            Scope.of(p, root)
             for p in policies.authorization
             if p.action == ALLOW and not p.dry_run and _reads_token(p)
         )
@@ -283,44 +117,11 @@ class IdentityResolver:
     def resolve(self, req: RequestView, now: float | None = None) -> Resolution:
         now = time.time() if now is None else now
         remove: tuple[str, ...] = (XFCC_HEADER, *self._output_headers)
-        principal, certificate, via = req.source.principal, req.source.certificate, "source principal"
-        xfcc = req.headers.get(XFCC_HEADER)
-        if xfcc is not None and self.trusted.trusts(req.source.address):
-            try:
-                element = last_element(xfcc)
-            except XfccError as exc:
-                return Resolution(
-                    status=403, reason=reasons.INVALID_PEER, error=f"x-forwarded-client-cert: {exc}"
-                )
-            principal, certificate, via = element.uri, element.cert, "x-forwarded-client-cert URI"
-        peer = None
-        if principal:
-            peer = try_parse_spiffe_id(principal)
-            if peer is None:
-                return Resolution(
-                    status=403, reason=reasons.INVALID_PEER, error=f"{via} is not a valid SPIFFE ID"
-                )
-        verified: VerifiedSvid | None = None
-        cert: VerifiedSvid | None = None
-        if certificate:
-            try:
-                cert = self.verifier.verify_field(certificate)
-            except SvidError as exc:
-                return Resolution(status=403, reason=reasons.INVALID_CERT, error=str(exc))
-            verified = cert if cert.verified else None
-            if peer is not None and cert.spiffe_id != peer:
-                return Resolution(
-                    status=403,
-                    reason=reasons.INVALID_PEER,
-                    error=f"{via} differs from the certificate's URI SAN",
-                )
-            if peer is None and verified is not None:
-                peer = verified.spiffe_id
-        identity = Identity(
-            peer=peer,
-            peer_verified=verified is not None,
-            peer_not_after=verified.not_after if verified is not None else None,
-        )
+        try:
+            peer = establish_peer(req, self.trusted, self.verifier)
+        except PeerError as exc:
+            return Resolution(status=403, reason=exc.reason, error=exc.error)
+        identity, cert, verified = peer.identity, peer.cert, peer.verified
         if self.peer_mode(req) == "STRICT" and verified is None:
             return Resolution(
                 identity,
@@ -333,32 +134,14 @@ class IdentityResolver:
     # -- PeerAuthentication ------------------------------------------------------------------
 
     def peer_mode(self, req: RequestView) -> str:
-        """The mTLS mode in force: the most specific applicable PeerAuthentication that sets one.
-
-        Within one tier, the strictest mode wins (a deterministic, fail-closed tie-break).
-        """
-        by_tier: dict[int, list[str]] = {}
-        for scoped in self._peer_authn:
-            if not scoped.applies_to(req):
-                continue
-            spec = scoped.resource.spec
-            mode = (spec.get("mtls") or {}).get("mode", "UNSET")
-            port_level = spec.get("portLevelMtls") or {}
-            port_mtls = port_level.get(str(req.port)) or port_level.get(req.port)
-            if port_mtls and port_mtls.get("mode", "UNSET") != "UNSET":
-                mode = port_mtls["mode"]
-            if mode != "UNSET":
-                by_tier.setdefault(scoped.tier(), []).append(mode)
-        for tier in (3, 2, 1):
-            if tier in by_tier:
-                return max(by_tier[tier], key=lambda m: _MODE_RANK[m])
-        return "PERMISSIVE"
+        """The mTLS mode in force (``PeerModes.mode``)."""
+        return self._peer_modes.mode(req)
 
     # -- RequestAuthentication ---------------------------------------------------------------
 
     def rules_for(self, req: RequestView) -> tuple[JwtRule, ...]:
         return tuple(
-            rule for scoped, rules in self._request_authn if scoped.applies_to(req) for rule in rules
+            rule for scope, rules in self._request_authn if scope.applies_to(req) for rule in rules
         )
 
     def _tokens(
@@ -378,7 +161,7 @@ class IdentityResolver:
         except TokenError as exc:
             return self._invalid(identity, str(exc))
         if not found:  # no token: no request principal (Istio); policy decides
-            wanted = any(scoped.applies_to(req) for scoped in self._token_allow)
+            wanted = any(scope.applies_to(req) for scope in self._token_allow)
             return Resolution(identity, remove=remove, token_missing=wanted)
         if len(found) > 1:
             return self._invalid(identity, "more than one token in the request")
@@ -428,69 +211,6 @@ def _reads_token(policy: AuthorizationPolicy) -> bool:
     return any(
         src.request_principals or src.not_request_principals for rule in policy.rules for src in rule.sources
     ) or any(c.key.startswith("request.auth.") for rule in policy.rules for c in rule.conditions)
-
-
-# ----------------------------------------------------------------------------- extraction
-
-
-def extract_tokens(req: RequestView, rules: Sequence[JwtRule]) -> list[tuple[Location, str]]:
-    """Every token occurrence in the locations the rules read (each location read once)."""
-    locations = list(dict.fromkeys(loc for rule in rules for loc in rule.locations))
-    found: list[tuple[Location, str]] = []
-    params: list[tuple[str, str]] | None = None
-    cookies: list[tuple[str, str]] | None = None
-    for loc in locations:
-        if loc.kind == "header":
-            value = req.headers.get(loc.name)
-            if value is None:
-                continue
-            if loc.prefix:
-                if value[: len(loc.prefix)].lower() != loc.prefix.lower():
-                    continue  # another scheme (Basic ...): not a token for this location
-                value = value[len(loc.prefix) :]
-            value = value.strip()
-            if "," in value:  # Envoy joins repeated headers with ","
-                raise TokenError("more than one token in the request")
-            if value:
-                found.append((loc, value))
-        elif loc.kind == "param":
-            if params is None:
-                params = urllib.parse.parse_qsl(req.query, keep_blank_values=True)
-            found += [(loc, v) for k, v in params if k == loc.name and v]
-        else:
-            if cookies is None:
-                cookies = _cookies(req.headers.get("cookie", ""))
-            found += [(loc, v) for k, v in cookies if k == loc.name and v]
-    return found
-
-
-def _cookies(header: str) -> list[tuple[str, str]]:
-    out = []
-    for part in header.replace(",", ";").split(";"):
-        name, sep, value = part.strip().partition("=")
-        if sep:
-            out.append((name.strip(), value.strip().strip('"')))
-    return out
-
-
-def claim_header_value(claims: Mapping[str, Any], path: str) -> str | None:
-    """A claim as a header value, or None when absent, not a scalar, or unsafe in a header."""
-    value: Any = claims
-    for part in path.split("."):
-        if not isinstance(value, Mapping) or part not in value:
-            return None
-        value = value[part]
-    if isinstance(value, bool):
-        text = "true" if value else "false"
-    elif isinstance(value, str):
-        text = value
-    elif isinstance(value, int | float):
-        text = str(value)
-    else:
-        return None
-    if len(text) > MAX_HEADER_VALUE or any((ord(c) < 0x20 and c != "\t") or ord(c) == 0x7F for c in text):
-        return None
-    return text
 
 
 # ----------------------------------------------------------------------------- the long-lived part

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 ALLOW = "ALLOW"
@@ -91,16 +91,73 @@ class AuthorizationPolicy:
         return f"{self.namespace}/{self.name}"
 
 
-@dataclass(frozen=True, slots=True)
-class Resource:
-    """A RequestAuthentication or PeerAuthentication, kept as validated data."""
+# ----------------------------------------------------------------------------- authentication
+# RequestAuthentication and PeerAuthentication as the loader read them (once, strictly): identity
+# compiles these, the decision cache keys on them; neither reads the YAML again.
 
-    kind: str
+
+@dataclass(frozen=True, slots=True)
+class FromHeader:
+    """One ``jwtRules[].fromHeaders[]`` entry, as written (the token code vets the name)."""
+
+    name: str
+    prefix: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimToHeader:
+    """One ``jwtRules[].outputClaimToHeaders[]`` entry, as written."""
+
+    header: str
+    claim: str
+
+
+@dataclass(frozen=True, slots=True)
+class JwtRuleSpec:
+    """One ``jwtRules[]`` entry. Absent fields hold their empty value."""
+
+    issuer: str
+    audiences: tuple[str, ...] = ()
+    jwks: str | Mapping[str, Any] | None = None  # a JSON string or the same document as a mapping
+    jwks_uri: str = ""
+    timeout: str | None = None  # a duration as written ("5s", "500ms")
+    from_headers: tuple[FromHeader, ...] = ()
+    from_params: tuple[str, ...] = ()
+    from_cookies: tuple[str, ...] = ()
+    output_payload_to_header: str = ""
+    output_claim_to_headers: tuple[ClaimToHeader, ...] = ()
+    forward_original_token: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RequestAuthentication:
     name: str
     namespace: str
-    spec: Mapping[str, Any]
+    jwt_rules: tuple[JwtRuleSpec, ...] = ()
     selector: Mapping[str, str] | None = None
     where: Where | None = None
+
+
+UNSET = "UNSET"
+MTLS_MODES = (UNSET, "DISABLE", "PERMISSIVE", "STRICT")
+
+
+@dataclass(frozen=True, slots=True)
+class PeerAuthentication:
+    name: str
+    namespace: str
+    mtls_mode: str = UNSET  # one of MTLS_MODES
+    port_level_mtls: Mapping[str, str] = field(default_factory=dict)  # port (as written) -> mode
+    selector: Mapping[str, str] | None = None
+    where: Where | None = None
+
+    @property
+    def spec(self) -> Mapping[str, Any]:
+        """``mtls`` and ``portLevelMtls`` in Istio's shape, rebuilt from the typed fields (tools)."""
+        out: dict[str, Any] = {"mtls": {"mode": self.mtls_mode}}
+        if self.port_level_mtls:
+            out["portLevelMtls"] = {port: {"mode": mode} for port, mode in self.port_level_mtls.items()}
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +165,7 @@ class PolicySet:
     """Everything one load of the policy directory produced."""
 
     authorization: tuple[AuthorizationPolicy, ...] = ()
-    request_authentication: tuple[Resource, ...] = ()
-    peer_authentication: tuple[Resource, ...] = ()
+    request_authentication: tuple[RequestAuthentication, ...] = ()
+    peer_authentication: tuple[PeerAuthentication, ...] = ()
     root_namespace: str = "istio-system"
     files: tuple[str, ...] = ()

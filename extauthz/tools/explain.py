@@ -12,7 +12,8 @@ from typing import Any
 
 from extauthz.envoy.request import RequestView
 from extauthz.identity.model import Identity
-from extauthz.policy.engine import Context, Engine, Verdict
+from extauthz.policy.attributes import Context
+from extauthz.policy.engine import Engine, Verdict
 from extauthz.policy.model import ALLOW, AUDIT, DENY
 
 

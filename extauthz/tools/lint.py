@@ -25,20 +25,18 @@ when the covering is certain from the patterns themselves.
 
 from __future__ import annotations
 
-import ipaddress
-import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from extauthz.envoy.request import path_problem
-from extauthz.policy.engine import path_segments_key, principal_keys
-from extauthz.policy.loader import PolicyError, build_policy_set, load_directory, policy_files
-from extauthz.policy.loader import _read_documents as read_documents
+from extauthz.policy.index import path_segments_key, principal_keys
+from extauthz.policy.loader import PolicyError, build_policy_set, load_directory, policy_files, read_documents
 from extauthz.policy.model import ALLOW, DENY, AuthorizationPolicy, Condition, PolicySet, Rule, Source
+from extauthz.policy.scope import Scope
+from extauthz.tools.lint_rules import canonical_pattern, never_matches, pattern_problem, rule_covers
 
 ERROR = "error"
 WARNING = "warning"
@@ -137,7 +135,7 @@ class _R:
     index: int
     rule: Rule
     order: int
-    everywhere: bool
+    scope: Scope
 
     def finding(self, severity: str, code: str, message: str) -> Finding:
         where = self.rule.where or self.policy.where
@@ -150,8 +148,9 @@ def _rules(policies: PolicySet) -> list[_R]:
     for p in policies.authorization:
         if p.dry_run:
             continue
+        scope = Scope.of(p, policies.root_namespace)
         for i, r in enumerate(p.rules):
-            out.append(_R(p, i, r, len(out), p.namespace in ("", policies.root_namespace)))
+            out.append(_R(p, i, r, len(out), scope))
     return out
 
 
@@ -169,17 +168,16 @@ def lint_policies(policies: PolicySet, *, routes: list[dict[str, str]] | None = 
 def _selector_findings(
     p: AuthorizationPolicy, root: str, routes: list[dict[str, str]] | None
 ) -> Iterator[Finding]:
+    scope = Scope.of(p, root)
     sel = p.selector or {}
     where = p.where
     file, line = (where.file, where.line) if where else ("", 0)
     ns_label = sel.get("namespace")
-    if ns_label is not None and p.namespace not in ("", root) and ns_label != p.namespace:
+    if ns_label is not None and not scope.everywhere and ns_label != p.namespace:
         yield Finding(WARNING, "selector-unsettable",
                       f"selector namespace={ns_label!r} can never hold for a policy in namespace "
                       f"{p.namespace!r}: the policy never applies", file, line, p.ref)
-    elif sel and routes is not None and not any(
-        all(ext.get(k) == v for k, v in sel.items()) for ext in routes
-    ):
+    elif sel and routes is not None and not any(scope.labels_match(ext) for ext in routes):
         yield Finding(WARNING, "selector-unsettable",
                       f"no route of the Envoy configuration sets context_extensions {dict(sel)}: "
                       "the policy never applies", file, line, p.ref)
@@ -213,23 +211,23 @@ def _rule_findings(r: _R) -> Iterator[Finding]:
                 yield r.finding(WARNING, "method-case",
                                 f"method {m!r} is not upper case: Istio compares methods exactly, "
                                 f"write {m.upper()!r}")
-    if _never_matches(rule):
+    if never_matches(rule):
         yield r.finding(WARNING, "unreachable", "the rule can never match: every value it accepts "
                         "is excluded by its own not-values")
     for op in rule.operations:
         for p in op.paths:
-            problem = _pattern_problem(p)
+            problem = pattern_problem(p)
             if problem is None:
                 continue
             if r.policy.action == DENY:
                 yield r.finding(WARNING, "deny-path-not-canonical",
                                 f"DENY path {p!r} is not canonical ({problem}): such requests are "
                                 f"refused with 400 before any policy, so this never matches; deny "
-                                f"the canonical twin {_canonical(p)!r} instead")
+                                f"the canonical twin {canonical_pattern(p)!r} instead")
             else:
                 yield r.finding(WARNING, "unreachable",
                                 f"path {p!r} is not canonical ({problem}): it never matches a "
-                                f"request (use {_canonical(p)!r})")
+                                f"request (use {canonical_pattern(p)!r})")
     if r.policy.action == DENY:
         yield from _deny_twins(r)
     if r.policy.action == ALLOW:
@@ -263,7 +261,7 @@ def _deny_twins(r: _R) -> Iterator[Finding]:
     for op in r.rule.operations:
         paths = set(op.paths)
         for p in op.paths:
-            if "*" in p or "{" in p or p == "/" or _pattern_problem(p) is not None:
+            if "*" in p or "{" in p or p == "/" or pattern_problem(p) is not None:
                 continue
             base = p.rstrip("/")
             twins = {base + "/*", base + "*", base + "/{**}"}
@@ -279,159 +277,6 @@ def _deny_twins(r: _R) -> Iterator[Finding]:
                 yield r.finding(WARNING, "deny-host-port",
                                 f"DENY host {h!r} is exact: an authority with a port ({h}:443) is not "
                                 f"denied; add {h + ':*'!r}")
-
-
-_DOT_SEGMENT = re.compile(r"(^|/)\.\.?(/|$)")
-
-
-def _pattern_problem(pattern: str) -> str | None:
-    """Why the literal parts of a path pattern can never appear in a canonical path."""
-    if pattern == "*":
-        return None
-    literal = pattern.replace("{**}", "x").replace("{*}", "x")
-    if literal.startswith("*"):  # a suffix: some path ends with it
-        literal = "/x" + literal[1:]
-    if literal.endswith("*"):  # a prefix: some path continues it
-        literal = literal[:-1] + "x"
-    return path_problem(literal)
-
-
-def _canonical(pattern: str) -> str:
-    """The canonical spelling of a path pattern: slashes merged, dot segments resolved,
-    unreserved escapes decoded, hex upper case."""
-    def fix_escape(m: re.Match[str]) -> str:
-        ch = chr(int(m.group(1), 16))
-        if ch.isalnum() or ch in "-._~":
-            return ch
-        return "%" + m.group(1).upper()
-
-    p = re.sub(r"%([0-9A-Fa-f]{2})", fix_escape, pattern.replace("\\", "/"))
-    p = re.sub(r"/{2,}", "/", p)
-    out: list[str] = []
-    for seg in p.split("/"):
-        if seg == ".":
-            continue
-        if seg == "..":
-            if len(out) > 1:
-                out.pop()
-            continue
-        out.append(seg)
-    result = "/".join(out)
-    return result if result.startswith(("/", "*")) else "/" + result
-
-
-def _never_matches(rule: Rule) -> bool:
-    """The rule's own not-values exclude everything some required field accepts."""
-    def dead(entry: Any, names: Iterable[str]) -> bool:
-        return any(
-            getattr(entry, f) and getattr(entry, "not_" + f)
-            and _covers(getattr(entry, "not_" + f), getattr(entry, f), ip=f in _IP_FIELDS)
-            for f in names
-        )
-
-    if rule.sources and all(dead(s, _SOURCE) for s in rule.sources):
-        return True
-    if rule.operations and all(dead(o, _OPERATION) for o in rule.operations):
-        return True
-    return any(
-        c.values and c.not_values and _covers(c.not_values, c.values, ip=_ip_key(c.key))
-        for c in rule.conditions
-    )
-
-
-# ----------------------------------------------------------------------------- coverage
-
-
-def _pattern_covers(a: str, b: str) -> bool:
-    """Every string pattern ``b`` matches, pattern ``a`` matches too (certain, not heuristic)."""
-    if a == b or a == "*":
-        return True
-    if "{" in a:
-        if "*" in b or "{" in b:
-            return False
-        from extauthz.policy.matchers import compile_matcher
-
-        return compile_matcher([a], paths=True)(b)
-    if a.endswith("*"):
-        prefix = a[:-1]
-        if b.startswith("*") or b == "*":
-            return False
-        literal = b.split("{", 1)[0] if "{" in b else b.rstrip("*")
-        return literal.startswith(prefix)
-    if a.startswith("*"):
-        suffix = a[1:]
-        if b.endswith("*") or "{" in b:
-            return False
-        return b.lstrip("*").endswith(suffix)
-    return False
-
-
-def _covers(a: Sequence[str], b: Sequence[str], *, ip: bool = False) -> bool:
-    """Every value pattern of ``b`` is covered by some pattern of ``a``."""
-    if ip:
-        nets_a = [ipaddress.ip_network(x, strict=False) for x in a]
-        return all(
-            any(nb.version == na.version and nb.subnet_of(na) for na in nets_a)  # type: ignore[arg-type]
-            for nb in (ipaddress.ip_network(x, strict=False) for x in b)
-        )
-    return all(any(_pattern_covers(x, y) for x in a) for y in b)
-
-
-_IP_FIELDS = ("ip_blocks", "remote_ip_blocks")
-
-
-def _fields_cover(a: Any, b: Any, names: Iterable[str], norm: Mapping[str, Any]) -> bool:
-    for f in names:
-        ip = f in _IP_FIELDS
-        fix = norm.get(f, lambda v: v)
-        av = [fix(v) for v in getattr(a, f)]
-        bv = [fix(v) for v in getattr(b, f)]
-        if av and not (bv and _covers(av, bv, ip=ip)):
-            return False
-        an = [fix(v) for v in getattr(a, "not_" + f)]
-        bn = [fix(v) for v in getattr(b, "not_" + f)]
-        if an and not (bn and _covers(bn, an, ip=ip)):
-            return False
-    return True
-
-
-_SOURCE = ("principals", "request_principals", "namespaces", "ip_blocks", "remote_ip_blocks")
-_OPERATION = ("hosts", "ports", "methods", "paths")
-_OP_NORM = {"hosts": str.lower, "methods": str.upper}
-
-
-def rule_covers(a: Rule, b: Rule) -> bool:
-    """Every request rule ``b`` matches, rule ``a`` matches (conservative)."""
-    if a.sources and not (b.sources and all(
-        any(_fields_cover(sa, sb, _SOURCE, {}) for sa in a.sources) for sb in b.sources
-    )):
-        return False
-    if a.operations and not (b.operations and all(
-        any(_fields_cover(oa, ob, _OPERATION, _OP_NORM) for oa in a.operations) for ob in b.operations
-    )):
-        return False
-    for ca in a.conditions:
-        if not any(
-            cb.key == ca.key
-            and (not ca.values or (cb.values and _covers(ca.values, cb.values, ip=_ip_key(ca.key))))
-            and (not ca.not_values or (cb.not_values and _covers(cb.not_values, ca.not_values,
-                                                                  ip=_ip_key(ca.key))))
-            for cb in b.conditions
-        ):
-            return False
-    return True
-
-
-def _ip_key(key: str) -> bool:
-    return key in ("source.ip", "remote.ip", "destination.ip")
-
-
-def _scope_covers(a: _R, b: _R) -> bool:
-    if not a.everywhere and (b.everywhere or a.policy.namespace != b.policy.namespace):
-        return False
-    sa = a.policy.selector or {}
-    sb = b.policy.selector or {}
-    return all(sb.get(k) == v for k, v in sa.items())
 
 
 def _coverage_findings(rules: list[_R]) -> Iterator[Finding]:
@@ -465,7 +310,7 @@ def _coverage_findings(rules: list[_R]) -> Iterator[Finding]:
             if a.order == b.order or a.order in seen:
                 continue
             seen.add(a.order)
-            if not _scope_covers(a, b) or not rule_covers(a.rule, b.rule):
+            if not a.scope.covers(b.scope) or not rule_covers(a.rule, b.rule):
                 continue
             if a.policy.action == b.policy.action and a.order < b.order and shadow is None:
                 shadow = a

@@ -1,0 +1,317 @@
+"""Rules and conditions to predicates: every field of a rule becomes a precompiled check.
+
+A ``CompiledRule``'s ``match`` is one predicate over a ``Context``: the policy's selector test,
+any operation, any source, every condition; its named checks explain which part failed.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from extauthz.envoy.request import RequestView
+from extauthz.policy.attributes import (
+    Context,
+    Predicate,
+    Reader,
+    claim_path,
+    claims_reader,
+    header_elements_reader,
+    header_name,
+    header_reader,
+    read_audiences,
+    read_destination_ip,
+    read_host,
+    read_host_spellings,
+    read_method,
+    read_namespaces,
+    read_path,
+    read_port,
+    read_presenter,
+    read_principal,
+    read_request_principal,
+    read_sni,
+    read_source_ip,
+)
+from extauthz.policy.matchers import Matcher, compile_matcher
+from extauthz.policy.model import DENY, AuthorizationPolicy, Condition, Operation, Rule, Source
+from extauthz.policy.scope import Scope
+
+# ----------------------------------------------------------------------------- field checks
+
+
+@dataclass(frozen=True, slots=True)
+class Check:
+    """One precompiled field test, named as the policy wrote it (``from[0].source.principals``)."""
+
+    name: str
+    test: Predicate
+
+
+def _ip_matcher(blocks: Iterable[str]) -> Callable[[str], bool]:
+    networks = tuple(ipaddress.ip_network(b, strict=False) for b in blocks)
+
+    def match(address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address)
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            v4 = ip.ipv4_mapped  # ::ffff:1.2.3.4 is the IPv4 client 1.2.3.4: either spelling
+            if any(n.version == 4 and v4 in n for n in networks):
+                return True
+        return any(ip.version == n.version and ip in n for n in networks)
+
+    return match
+
+
+def _values_check(
+    name: str, read: Reader, match: Callable[[str], bool], *, negate: bool
+) -> Check:
+    if negate:
+        return Check(name, lambda ctx: not any(match(v) for v in read(ctx)))
+    return Check(name, lambda ctx: any(match(v) for v in read(ctx)))
+
+
+def _field(
+    out: list[Check],
+    prefix: str,
+    yaml_name: str,
+    values: Sequence[str],
+    negated: Sequence[str],
+    read: Reader,
+    compile_values: Callable[[Sequence[str]], Callable[[str], bool]],
+    *,
+    wide: Reader | None = None,
+    deny: bool = False,
+) -> None:
+    """Checks for one field and its ``not`` form.
+
+    ``wide`` reads every equivalent spelling of the attribute (a host with and without its
+    port, each element of a joined header). It is used wherever matching more can only deny
+    more: the positive form in a DENY policy, the ``not`` form in an ALLOW policy. Elsewhere
+    ``read`` (Istio's exact reading) keeps an ALLOW as narrow as Istio's.
+    """
+    wide = wide or read
+    if values:
+        out.append(_values_check(
+            f"{prefix}.{yaml_name}", wide if deny else read, compile_values(values), negate=False
+        ))
+    if negated:
+        not_name = "not" + yaml_name[0].upper() + yaml_name[1:]
+        out.append(_values_check(
+            f"{prefix}.{not_name}", read if deny else wide, compile_values(negated), negate=True
+        ))
+
+
+def _strings(values: Sequence[str]) -> Matcher:
+    return compile_matcher(values)
+
+
+def _hosts(values: Sequence[str]) -> Matcher:
+    return compile_matcher(values, fold_case=True)
+
+
+def _methods(values: Sequence[str]) -> Matcher:
+    return compile_matcher(v.upper() for v in values)
+
+
+def _paths(values: Sequence[str]) -> Matcher:
+    return compile_matcher(values, paths=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Readers:
+    remote_ip: Reader
+
+
+def _compile_source(src: Source, prefix: str, rd: Readers) -> tuple[Check, ...]:
+    out: list[Check] = []
+    _field(out, prefix, "principals", src.principals, src.not_principals, read_principal, _strings)
+    _field(
+        out, prefix, "requestPrincipals", src.request_principals, src.not_request_principals,
+        read_request_principal, _strings,
+    )
+    _field(out, prefix, "namespaces", src.namespaces, src.not_namespaces, read_namespaces, _strings)
+    _field(out, prefix, "ipBlocks", src.ip_blocks, src.not_ip_blocks, read_source_ip, _ip_matcher)
+    _field(
+        out, prefix, "remoteIpBlocks", src.remote_ip_blocks, src.not_remote_ip_blocks,
+        rd.remote_ip, _ip_matcher,
+    )
+    return tuple(out)
+
+
+def _compile_operation(op: Operation, prefix: str, deny: bool = False) -> tuple[Check, ...]:
+    out: list[Check] = []
+    # Cheapest and most selective first: a rule usually fails on its method or path.
+    _field(out, prefix, "methods", op.methods, op.not_methods, read_method, _methods)
+    _field(out, prefix, "paths", op.paths, op.not_paths, read_path, _paths)
+    _field(out, prefix, "hosts", op.hosts, op.not_hosts, read_host, _hosts,
+           wide=read_host_spellings, deny=deny)
+    _field(out, prefix, "ports", op.ports, op.not_ports, read_port, _strings)
+    return tuple(out)
+
+
+_IP_KEYS = frozenset({"source.ip", "remote.ip", "destination.ip"})
+
+
+def _condition_reader(key: str, rd: Readers) -> Reader:
+    if key.startswith("request.headers["):
+        return header_reader(header_name(key))
+    if key.startswith("request.auth.claims["):
+        return claims_reader(claim_path(key))
+    readers: dict[str, Reader] = {
+        "source.ip": read_source_ip,
+        "remote.ip": rd.remote_ip,
+        "source.namespace": read_namespaces,
+        "source.principal": read_principal,
+        "request.auth.principal": read_request_principal,
+        "request.auth.audiences": read_audiences,
+        "request.auth.presenter": read_presenter,
+        "destination.ip": read_destination_ip,
+        "destination.port": read_port,
+        "connection.sni": read_sni,
+    }
+    return readers[key]
+
+
+def _condition_matcher(key: str, values: Sequence[str]) -> Callable[[str], bool]:
+    if key in _IP_KEYS:
+        return _ip_matcher(values)
+    m = compile_matcher(values)
+    if key.startswith("request.headers[") and "*" in values:
+        # Istio's "*" on a header means "present", even with an empty value.
+        return lambda v: True
+    return m
+
+
+def _compile_condition(
+    cond: Condition, prefix: str, rd: Readers, deny: bool = False
+) -> tuple[Check, ...]:
+    read = _condition_reader(cond.key, rd)
+    wide = (
+        header_elements_reader(header_name(cond.key))
+        if cond.key.startswith("request.headers[")
+        else read
+    )
+    out: list[Check] = []
+    # As in _field: every spelling where matching more can only deny more.
+    if cond.values:
+        out.append(
+            _values_check(f"{prefix}.values", wide if deny else read,
+                          _condition_matcher(cond.key, cond.values), negate=False)
+        )
+    if cond.not_values:
+        out.append(
+            _values_check(f"{prefix}.notValues", read if deny else wide,
+                          _condition_matcher(cond.key, cond.not_values), negate=True)
+        )
+    return tuple(out)
+
+
+def _all(checks: Sequence[Check]) -> Predicate:
+    tests = tuple(c.test for c in checks)
+    if not tests:
+        return lambda ctx: True
+    if len(tests) == 1:
+        return tests[0]
+    if len(tests) == 2:
+        a, b = tests
+        return lambda ctx: a(ctx) and b(ctx)
+    return lambda ctx: all(t(ctx) for t in tests)
+
+
+def _any(groups: Sequence[Predicate]) -> Predicate | None:
+    """None when there are no alternatives (an absent from/to matches anything)."""
+    if not groups:
+        return None
+    if len(groups) == 1:
+        return groups[0]
+    t = tuple(groups)
+    return lambda ctx: any(p(ctx) for p in t)
+
+
+@dataclass(frozen=True, slots=True)
+class CompiledRule:
+    """One rule, precompiled. ``order`` is its place in load order across the whole set."""
+
+    order: int
+    policy: CompiledPolicy
+    index: int
+    rule: Rule
+    sources: tuple[tuple[Check, ...], ...]  # alternatives (OR) of conjunctions (AND)
+    operations: tuple[tuple[Check, ...], ...]
+    conditions: tuple[Check, ...]
+    match: Predicate
+
+    def first_failure(self, ctx: Context) -> str | None:
+        """Which condition failed first (None when the rule matches). For the explanation."""
+        if self.policy.selector_test is not None and not self.policy.selector_test(ctx):
+            return "selector"
+        for groups in (self.operations, self.sources):
+            if not groups:
+                continue
+            failures = []
+            for group in groups:
+                failed = next((c.name for c in group if not c.test(ctx)), None)
+                if failed is None:
+                    break
+                failures.append(failed)
+            else:
+                return failures[0] if len(failures) == 1 else " and ".join(failures)
+        return next((c.name for c in self.conditions if not c.test(ctx)), None)
+
+
+def compile_rule(
+    rule: Rule, index: int, order: int, policy: CompiledPolicy, rd: Readers
+) -> CompiledRule:
+    base = f"rules[{index}]"
+    deny = policy.policy.action == DENY
+    sources = tuple(
+        _compile_source(s, f"{base}.from[{i}].source", rd) for i, s in enumerate(rule.sources)
+    )
+    operations = tuple(
+        _compile_operation(o, f"{base}.to[{i}].operation", deny)
+        for i, o in enumerate(rule.operations)
+    )
+    conditions = tuple(
+        c
+        for i, cond in enumerate(rule.conditions)
+        for c in _compile_condition(cond, f"{base}.when[{i}]({cond.key})", rd, deny)
+    )
+    parts: list[Predicate] = []
+    if policy.selector_test is not None:
+        parts.append(policy.selector_test)
+    op = _any([_all(g) for g in operations])
+    if op is not None:
+        parts.append(op)
+    src = _any([_all(g) for g in sources])
+    if src is not None:
+        parts.append(src)
+    parts.extend(c.test for c in conditions)
+    match = _all([Check("", p) for p in parts])
+    return CompiledRule(order, policy, index, rule, sources, operations, conditions, match)
+
+
+# ----------------------------------------------------------------------------- policies
+
+
+@dataclass(eq=False, slots=True)
+class CompiledPolicy:
+    policy: AuthorizationPolicy
+    ref: str
+    order: int  # place in load order
+    scope: Scope
+    selector_test: Predicate | None  # scope.selector_test(), compiled once
+    rules: tuple[CompiledRule, ...] = ()
+
+    def applies_to(self, req: RequestView) -> bool:
+        """Scope: namespace and selector (``policy/scope.py``)."""
+        return self.scope.applies_to(req)
+
+    def first_match(self, ctx: Context) -> int | None:
+        for r in self.rules:
+            if r.match(ctx):
+                return r.index
+        return None
