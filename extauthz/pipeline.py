@@ -11,12 +11,9 @@ metrics -> deny-rate accounting.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 from google.protobuf.message import DecodeError
@@ -25,12 +22,14 @@ from extauthz import reasons
 from extauthz._pb.envoy.service.auth.v3 import external_auth_pb2 as ext
 from extauthz.decision.audit import OVERFLOW_DENY, AuditLog, rfc3339, rfc3339_now
 from extauthz.decision.cache import DecisionCache
-from extauthz.decision.quarantine import Quarantine, QuarantineEvent, caller_of
+from extauthz.decision.decision import Decision, cache_hit, decide, new_decision_id
+from extauthz.decision.quarantine import Quarantine, caller_of
+from extauthz.decision.record import audit_record, quarantine_record
+from extauthz.decision.render import prepare, render
 from extauthz.envoy import response
 from extauthz.envoy.request import RequestView, from_check_request
 from extauthz.identity.headers import IdentityHeaders
-from extauthz.identity.model import Identity
-from extauthz.identity.resolver import MISSING_TOKEN_CHALLENGE, IdentityContext, IdentityResolver
+from extauthz.identity.resolver import IdentityContext
 from extauthz.metrics import Metrics
 from extauthz.policy.engine import Engine
 
@@ -40,196 +39,6 @@ log = logging.getLogger("extauthz.pipeline")
 _NOT_THE_CALLERS_FAULT = frozenset(
     {reasons.QUARANTINED, reasons.AUDIT_UNAVAILABLE, reasons.INTERNAL, reasons.NO_POLICY}
 )
-
-
-@dataclass(slots=True)
-class Decision:
-    allowed: bool
-    status: int  # HTTP status Envoy will answer (200 when allowed)
-    reason: str
-    decision_id: str
-    policy: str | None = None
-    rule: int | None = None
-    identity: Identity = field(default_factory=Identity)
-    error: str | None = None  # for the audit record: what was wrong with the input
-    audit_policies: tuple[str, ...] = ()
-    dry_run: tuple[tuple[str, str], ...] = ()
-    headers: tuple[tuple[str, str], ...] = ()  # identity and token-output headers set on allow
-    cache: str = "miss"
-    remove_headers: tuple[str, ...] = ()  # request headers stripped on allow (XFCC, the token)
-    challenge: str | None = None  # WWW-Authenticate of a 401
-
-
-_DECISION_FIELDS = tuple(f.name for f in dataclasses.fields(Decision))
-
-
-def _hit(cached: Decision, decision_id: str) -> Decision:
-    """A copy of a cached decision for this request (half the cost of dataclasses.replace)."""
-    decision = Decision(*[getattr(cached, name) for name in _DECISION_FIELDS])
-    decision.decision_id = decision_id
-    decision.cache = "hit"
-    return decision
-
-
-# For callers of decide() without a resolver: no bundles, no trusted proxies; remote key sets
-# shared across calls (never a fetch per call).
-_DEFAULT_IDENTITY = IdentityContext()
-
-
-# Decision ids drawn from the OS's random source 256 at a time: one getrandom() call where
-# there were 256. list.pop() is atomic, so threads never share an id; a forked child starts
-# with an empty pool (it must not hand out its parent's ids).
-_ID_BATCH = 256
-_id_pool: list[str] = []
-os.register_at_fork(after_in_child=_id_pool.clear)
-
-
-def new_decision_id() -> str:
-    """128 random bits as 32 hex digits (the shape of uuid4().hex, without its cost)."""
-    try:
-        return _id_pool.pop()
-    except IndexError:
-        block = os.urandom(16 * _ID_BATCH).hex()
-        _id_pool.extend(block[i : i + 32] for i in range(32, len(block), 32))
-        return block[:32]
-
-
-def decide(
-    engine: Engine | None, req: RequestView, resolver: IdentityResolver | None = None
-) -> Decision:
-    """Decide one request. No I/O of its own; token expiry reads the clock.
-
-    ``resolver`` is the identity step for ``engine``'s policy generation (built from its
-    RequestAuthentication / PeerAuthentication and the trust bundles); without one, a resolver
-    with no bundles and no trusted proxies is used (cached per policy set). ``headers`` of the
-    decision are the token outputs; the configured identity headers are added by CheckCore.
-    """
-    decision_id = req.request_id or new_decision_id()
-    if engine is None:
-        return Decision(False, 403, reasons.NO_POLICY, decision_id)
-    if req.problem is not None:
-        return Decision(False, 400, reasons.INVALID_PATH, decision_id, error=req.problem)
-    if resolver is None:
-        resolver = _DEFAULT_IDENTITY.resolver(engine.policies)
-    who = resolver.resolve(req)
-    if who.denied:
-        return Decision(
-            False,
-            who.status,
-            who.reason,
-            decision_id,
-            identity=who.identity,
-            error=who.error,
-            challenge=who.challenge,
-        )
-    identity = who.identity
-    verdict = engine.evaluate(req, identity)
-    if who.token_missing and verdict.reason == reasons.NO_MATCH:
-        # No ALLOW matched, no DENY either, and the request brought no token where a
-        # RequestAuthentication applies: ask for credentials (401) rather than refuse (403).
-        return Decision(
-            False,
-            401,
-            reasons.AUTHN_REQUIRED,
-            decision_id,
-            identity=identity,
-            audit_policies=verdict.audit,
-            dry_run=verdict.dry_run,
-            challenge=MISSING_TOKEN_CHALLENGE,
-        )
-    return Decision(
-        allowed=verdict.allowed,
-        status=200 if verdict.allowed else 403,
-        reason=verdict.reason,
-        decision_id=decision_id,
-        policy=verdict.policy,
-        rule=verdict.rule,
-        identity=identity,
-        audit_policies=verdict.audit,
-        dry_run=verdict.dry_run,
-        headers=who.headers if verdict.allowed else (),
-        remove_headers=who.remove,
-    )
-
-
-def metadata(decision: Decision) -> response.Metadata:
-    """``dynamic_metadata`` for Envoy's access logs: who was decided about, and how."""
-    ident = decision.identity
-    token = ident.token
-    return {  # the decision id is added per request (response.Prepared.finish)
-        "allowed": decision.allowed,
-        "reason": decision.reason,
-        "policy": decision.policy,
-        "peer": str(ident.peer) if ident.peer is not None else None,
-        "peer_verified": ident.peer_verified if ident.peer is not None else None,
-        "request_principal": ident.request_principal or None,
-        "token_issuer": token.issuer if token is not None else None,
-        "token_subject": token.subject if token is not None else None,
-    }
-
-
-def prepare(decision: Decision, managed: tuple[str, ...]) -> response.Prepared:
-    """The response a decision determines, encoded but for the decision id (cached with it)."""
-    if decision.allowed:
-        return response.prepare_allow(
-            decision.headers, decision.remove_headers, managed=managed, metadata=metadata(decision)
-        )
-    extra = (("www-authenticate", decision.challenge),) if decision.challenge else ()
-    return response.prepare_deny(
-        decision.status, decision.reason, extra, metadata=metadata(decision)
-    )
-
-
-def render(
-    decision: Decision,
-    managed: tuple[str, ...] = response.IDENTITY_HEADERS,
-    prepared: response.Prepared | None = None,
-) -> bytes:
-    """CheckResponse bytes for ``decision`` (from ``prepared`` when the cache had it)."""
-    return (prepared or prepare(decision, managed)).finish(decision.decision_id)
-
-
-def audit_record(decision: Decision, req: RequestView | None, latency_us: int) -> dict[str, Any]:
-    """The audit record of one decision (see the interface spec for the field list)."""
-    r = req or RequestView()
-    ident = decision.identity
-    token = ident.token
-    return {
-        "time": rfc3339_now(),
-        "decision_id": decision.decision_id,
-        "allowed": decision.allowed,
-        "status": decision.status,
-        "reason": decision.reason,
-        "policy": decision.policy,
-        "rule": decision.rule,
-        "error": decision.error,
-        "source": {
-            "principal": r.source.principal or None,
-            "address": r.source.address or None,
-        },
-        "peer_verified": ident.peer_verified,
-        "destination": {"principal": r.destination.principal or None},
-        "request": {"method": r.method, "host": r.host, "path": r.path},
-        "token": {
-            "iss": token.issuer if token is not None else None,
-            "sub": token.subject if token is not None else None,
-        },
-        "cache": decision.cache,
-        "latency_us": latency_us,
-        "audit_policies": list(decision.audit_policies),
-        "dry_run": [{"policy": p, "result": res} for p, res in decision.dry_run],
-    }
-
-
-def quarantine_record(event: QuarantineEvent) -> dict[str, Any]:
-    kind, who = event.caller
-    return {
-        "time": rfc3339_now(),
-        "event": "quarantine_start" if event.started else "quarantine_end",
-        "source": {kind: who},
-        "until": rfc3339(event.until),
-        "denials": event.denies or None,
-    }
 
 
 class CheckCore:
@@ -351,7 +160,7 @@ class CheckCore:
         cached: tuple[Decision, response.Prepared] | None = cache.get(key)
         if cached is not None:
             rid = req.request_id or new_decision_id()
-            return _hit(cached[0], rid), cached[1]
+            return cache_hit(cached[0], rid), cached[1]
         resolver = self.identity.resolver(engine.policies)
         decision = self._with_headers(decide(engine, req, resolver))
         if decision.reason not in reasons.CACHEABLE or decision.error is not None:

@@ -10,8 +10,9 @@ from helpers.decisions import NOW, POLICY, Clock
 
 from extauthz._pb.envoy.service.auth.v3 import external_auth_pb2 as ext
 from extauthz.decision.cache import DecisionCache
+from extauthz.decision.decision import Decision
 from extauthz.identity.generation import Generation
-from extauthz.pipeline import CheckCore, Decision
+from extauthz.pipeline import CheckCore
 from extauthz.policy import Engine, compile_policies, load_text
 from extauthz.tools.samples import check_request
 
