@@ -147,8 +147,7 @@ class CheckCore:
             if event is not None:
                 self._event(quarantine_record(event))
             if quarantined:
-                rid = req.request_id or new_decision_id()
-                return Decision(False, 403, reasons.QUARANTINED, rid), None
+                return Decision(False, 403, reasons.QUARANTINED, new_decision_id()), None
         cache = self.cache
         if cache is None or engine is None or req.problem is not None:
             resolver = self.identity.resolver(engine.policies) if engine is not None else None
@@ -159,8 +158,7 @@ class CheckCore:
         resolver = self.identity.resolver(engine.policies)
         cached: tuple[Decision, response.Prepared] | None = cache.get(key)
         if cached is not None:
-            rid = req.request_id or new_decision_id()
-            return cache_hit(cached[0], rid), cached[1]
+            return cache_hit(cached[0], new_decision_id()), cached[1]
         resolver = self.identity.resolver(engine.policies)
         decision = self._with_headers(decide(engine, req, resolver))
         if decision.reason not in reasons.CACHEABLE or decision.error is not None:
@@ -216,7 +214,7 @@ class CheckCore:
                 False,
                 403,
                 reasons.INTERNAL,
-                (req.request_id if req else "") or new_decision_id(),
+                new_decision_id(),
                 error="internal error",
             )
             body = self._render_safely(decision)

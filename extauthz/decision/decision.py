@@ -80,7 +80,7 @@ def decide(
     with no bundles and no trusted proxies is used (cached per policy set). ``headers`` of the
     decision are the token outputs; the configured identity headers are added by CheckCore.
     """
-    decision_id = req.request_id or new_decision_id()
+    decision_id = new_decision_id()  # the service's, never the client's x-request-id
     if engine is None:
         return Decision(False, 403, reasons.NO_POLICY, decision_id)
     if req.problem is not None:

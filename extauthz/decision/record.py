@@ -15,7 +15,7 @@ def audit_record(decision: Decision, req: RequestView | None, latency_us: int) -
     r = req or RequestView()
     ident = decision.identity
     token = ident.token
-    return {
+    record = {
         "time": rfc3339_now(),
         "decision_id": decision.decision_id,
         "allowed": decision.allowed,
@@ -40,6 +40,9 @@ def audit_record(decision: Decision, req: RequestView | None, latency_us: int) -
         "audit_policies": list(decision.audit_policies),
         "dry_run": [{"policy": p, "result": res} for p, res in decision.dry_run],
     }
+    if r.request_id:  # the client's x-request-id (or Envoy's): chosen by the client, not unique
+        record["request_id"] = r.request_id
+    return record
 
 
 def quarantine_record(event: QuarantineEvent) -> dict[str, Any]:

@@ -86,8 +86,8 @@ def test_policy_deny_is_403_with_json_body(core: CheckCore) -> None:
     assert resp.status.code == 7  # PERMISSION_DENIED
     assert resp.denied_response.status.code == 403
     body = json.loads(resp.denied_response.body)
-    assert body == {"decision_id": "req-1", "status": 403, "reason": "denied_by_policy"}
-    assert record["decision_id"] == "req-1"
+    assert body == {"decision_id": record["decision_id"], "status": 403, "reason": "denied_by_policy"}
+    assert record["decision_id"] != "req-1" and record["request_id"] == "req-1"
     assert record["policy"] == "istio-system/deny-admin"
     assert record["reason"] == "denied_by_policy"
 
