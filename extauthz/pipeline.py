@@ -37,7 +37,13 @@ log = logging.getLogger("extauthz.pipeline")
 
 # Denials that say nothing about the caller: they never count towards a quarantine.
 _NOT_THE_CALLERS_FAULT = frozenset(
-    {reasons.QUARANTINED, reasons.AUDIT_UNAVAILABLE, reasons.INTERNAL, reasons.NO_POLICY}
+    {
+        reasons.QUARANTINED,
+        reasons.AUDIT_UNAVAILABLE,
+        reasons.INTERNAL,
+        reasons.NO_POLICY,
+        reasons.DEADLINE_EXCEEDED,
+    }
 )
 
 
@@ -83,10 +89,27 @@ class CheckCore:
         body, record, decision, _ = self._check(lambda: ext.CheckRequest.FromString(data))
         return body, record, decision
 
-    def answer(self, data: bytes) -> bytes:
-        """What the server calls: check, audit (failing closed if so set), metrics."""
+    def answer(self, data: bytes, deadline: float | None = None) -> bytes:
+        """What the server calls: check, audit (failing closed if so set), metrics.
+
+        ``deadline`` (``time.monotonic()`` seconds; from the call's ``grpc-timeout``): a decision
+        completed after it is not what Envoy gets (Envoy has given up and applies its error
+        status): it becomes a deny, ``deadline_exceeded``, and is recorded and counted as one.
+        """
         start = time.perf_counter()
         body, record, decision, req = self._check(lambda: ext.CheckRequest.FromString(data))
+        if deadline is not None and time.monotonic() >= deadline:
+            decision = Decision(
+                False,
+                403,  # Envoy's status_on_error as `extauthz envoy-config` sets it
+                reasons.DEADLINE_EXCEEDED,
+                decision.decision_id,
+                identity=decision.identity,
+                error=f"decided ({decision.reason}) after the caller's deadline",
+                cache=decision.cache,
+            )
+            body = self._render_safely(decision)
+            record = audit_record(decision, req, record.get("latency_us", 0))
         return self._audit_and_count(body, record, decision, req, start)
 
     def answer_malformed(self, error: str) -> bytes:
