@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from google.protobuf.message import DecodeError
@@ -23,6 +23,7 @@ from extauthz._pb.envoy.service.auth.v3 import external_auth_pb2 as ext
 from extauthz.decision.audit import OVERFLOW_DENY, AuditLog, rfc3339, rfc3339_now
 from extauthz.decision.cache import DecisionCache
 from extauthz.decision.decision import Decision, cache_hit, decide, new_decision_id
+from extauthz.decision.inputs import Exclusions, InputPlan, plan_for, record_input
 from extauthz.decision.quarantine import Quarantine, caller_of
 from extauthz.decision.record import audit_record, quarantine_record
 from extauthz.decision.render import prepare, render
@@ -66,6 +67,7 @@ class CheckCore:
         audit: AuditLog | None = None,
         metrics: Metrics | None = None,
         worker: int | None = None,
+        input_exclude: Iterable[str] = (),
     ) -> None:
         self._current_engine = current_engine
         self.identity = identity or IdentityContext()
@@ -79,6 +81,15 @@ class CheckCore:
         self.audit = audit
         self.metrics = metrics
         self.worker = worker  # under `serve --workers N`: recorded in every audit record
+        self._exclude = Exclusions.parse(input_exclude)  # audit_input_exclude
+        self._inputs: tuple[Engine | None, InputPlan] = (None, plan_for(None))
+
+    def _input_plan(self, engine: Engine | None) -> InputPlan:
+        """What a record's ``input`` holds under ``engine`` (computed once per policy set)."""
+        current = self._inputs
+        if current[0] is not engine:
+            current = self._inputs = (engine, plan_for(engine, self._exclude))
+        return current[1]
 
     def check_message(self, msg: ext.CheckRequest) -> tuple[bytes, dict[str, Any], Decision]:
         body, record, decision, _ = self._check(lambda: msg)
@@ -107,6 +118,7 @@ class CheckCore:
                 identity=decision.identity,
                 error=f"decided ({decision.reason}) after the caller's deadline",
                 cache=decision.cache,
+                input=decision.input,
             )
             body = self._render_safely(decision)
             record = audit_record(decision, req, record.get("latency_us", 0))
@@ -147,6 +159,7 @@ class CheckCore:
                 identity=decision.identity,
                 error="the audit log cannot take the record",
                 cache=decision.cache,
+                input=decision.input,
             )
             body = self._render_safely(decision)
             audit.emit(audit_record(decision, req, record.get("latency_us", 0)))
@@ -170,11 +183,16 @@ class CheckCore:
             if event is not None:
                 self._event(quarantine_record(event))
             if quarantined:
-                return Decision(False, 403, reasons.QUARANTINED, new_decision_id()), None
+                recorded = record_input(self._input_plan(engine), req, None)
+                decision = Decision(
+                    False, 403, reasons.QUARANTINED, new_decision_id(), input=recorded
+                )
+                return decision, None
         cache = self.cache
         if cache is None or engine is None or req.problem is not None:
             resolver = self.identity.resolver(engine.policies) if engine is not None else None
-            return self._with_headers(decide(engine, req, resolver)), None
+            plan = self._input_plan(engine)
+            return self._with_headers(decide(engine, req, resolver, plan)), None
         # The key (it holds the bundle generation) before the resolver (it holds the bundles):
         # a swap in between then files this decision under the old generation, never the new.
         key = cache.key(engine, req)
@@ -183,7 +201,7 @@ class CheckCore:
         if cached is not None:
             return cache_hit(cached[0], new_decision_id()), cached[1]
         resolver = self.identity.resolver(engine.policies)
-        decision = self._with_headers(decide(engine, req, resolver))
+        decision = self._with_headers(decide(engine, req, resolver, self._input_plan(engine)))
         if decision.reason not in reasons.CACHEABLE or decision.error is not None:
             return decision, None
         prepared = prepare(decision, self._managed)

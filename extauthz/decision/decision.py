@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from extauthz import reasons
+from extauthz.decision.inputs import InputPlan, input_of, missing_inputs, record_input
 from extauthz.envoy.request import RequestView
 from extauthz.identity.model import Identity
 from extauthz.identity.resolver import MISSING_TOKEN_CHALLENGE, IdentityContext, IdentityResolver
@@ -34,6 +37,7 @@ class Decision:
     cache: str = "miss"
     remove_headers: tuple[str, ...] = ()  # request headers stripped on allow (XFCC, the token)
     challenge: str | None = None  # WWW-Authenticate of a 401
+    input: dict[str, Any] | None = None  # what the policies read (decision/inputs.py); shared
 
 
 _DECISION_FIELDS = tuple(f.name for f in dataclasses.fields(Decision))
@@ -71,7 +75,10 @@ def new_decision_id() -> str:
 
 
 def decide(
-    engine: Engine | None, req: RequestView, resolver: IdentityResolver | None = None
+    engine: Engine | None,
+    req: RequestView,
+    resolver: IdentityResolver | None = None,
+    inputs: InputPlan | None = None,
 ) -> Decision:
     """Decide one request. No I/O of its own; token expiry reads the clock.
 
@@ -79,12 +86,17 @@ def decide(
     RequestAuthentication / PeerAuthentication and the trust bundles); without one, a resolver
     with no bundles and no trusted proxies is used (cached per policy set). ``headers`` of the
     decision are the token outputs; the configured identity headers are added by CheckCore.
+    With ``inputs`` (the plan for ``engine``), the decision carries its ``input`` for the record.
     """
     decision_id = new_decision_id()  # the service's, never the client's x-request-id
-    if engine is None:
-        return Decision(False, 403, reasons.NO_POLICY, decision_id)
-    if req.problem is not None:
-        return Decision(False, 400, reasons.INVALID_PATH, decision_id, error=req.problem)
+    if engine is None or req.problem is not None:
+        if engine is None:
+            decision = Decision(False, 403, reasons.NO_POLICY, decision_id)
+        else:
+            decision = Decision(False, 400, reasons.INVALID_PATH, decision_id, error=req.problem)
+        if inputs is not None:
+            decision.input = record_input(inputs, req, None)
+        return decision
     if resolver is None:
         resolver = _DEFAULT_IDENTITY.resolver(engine.policies)
     who = resolver.resolve(req)
@@ -97,9 +109,13 @@ def decide(
             identity=who.identity,
             error=who.error,
             challenge=who.challenge,
+            input=record_input(inputs, req, None) if inputs is not None else None,
         )
     identity = who.identity
     verdict = engine.evaluate(req, identity)
+    recorded = (
+        record_input(inputs, req, identity, who.token_missing) if inputs is not None else None
+    )
     if who.token_missing and verdict.reason == reasons.NO_MATCH:
         # No ALLOW matched, no DENY either, and the request brought no token where a
         # RequestAuthentication applies: ask for credentials (401) rather than refuse (403).
@@ -112,6 +128,7 @@ def decide(
             audit_policies=verdict.audit,
             dry_run=verdict.dry_run,
             challenge=MISSING_TOKEN_CHALLENGE,
+            input=recorded,
         )
     return Decision(
         allowed=verdict.allowed,
@@ -125,4 +142,34 @@ def decide(
         dry_run=verdict.dry_run,
         headers=who.headers if verdict.allowed else (),
         remove_headers=who.remove,
+        input=recorded,
+    )
+
+
+def decide_input(engine: Engine, inp: Mapping[str, Any]) -> Decision | None:
+    """Decide again from a record's ``input`` (what ``extauthz replay`` needs): the same policy
+    evaluation as ``decide``, with the identity as recorded (tokens and certificates are not
+    verified again). None when the record holds no identity (the decision never reached the
+    policies: an identity or request error) or misses an input ``engine`` reads
+    (``inputs.missing_inputs``)."""
+    if missing_inputs(inp, engine.reads):
+        return None
+    req, identity, token_missing = input_of(inp)
+    if identity is None:
+        return None
+    verdict = engine.evaluate(req, identity)
+    if token_missing and verdict.reason == reasons.NO_MATCH:
+        return Decision(False, 401, reasons.AUTHN_REQUIRED, "", identity=identity,
+                        audit_policies=verdict.audit, dry_run=verdict.dry_run,
+                        challenge=MISSING_TOKEN_CHALLENGE)
+    return Decision(
+        allowed=verdict.allowed,
+        status=200 if verdict.allowed else 403,
+        reason=verdict.reason,
+        decision_id="",
+        policy=verdict.policy,
+        rule=verdict.rule,
+        identity=identity,
+        audit_policies=verdict.audit,
+        dry_run=verdict.dry_run,
     )

@@ -39,6 +39,7 @@ def audit_record(decision: Decision, req: RequestView | None, latency_us: int) -
         "latency_us": latency_us,
         "audit_policies": list(decision.audit_policies),
         "dry_run": [{"policy": p, "result": res} for p, res in decision.dry_run],
+        "input": decision.input,  # decision/inputs.py; None: nothing was read (undecodable)
     }
     if r.request_id:  # the client's x-request-id (or Envoy's): chosen by the client, not unique
         record["request_id"] = r.request_id

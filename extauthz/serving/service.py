@@ -111,6 +111,7 @@ class Service:
             audit=audit,
             metrics=self.metrics,
             worker=worker,
+            input_exclude=settings.audit_input_exclude,
         )
         self.health = health.HealthServicer()  # grpcio's servicer, kept in step with the rule
         store.listeners.append(self._on_reload)
