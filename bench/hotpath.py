@@ -29,6 +29,7 @@ from extauthz._pb.envoy.service.auth.v3 import external_auth_pb2 as ext
 from extauthz.decision.audit import AuditLog
 from extauthz.decision.cache import DecisionCache
 from extauthz.decision.decision import cache_hit, decide, new_decision_id
+from extauthz.decision.inputs import record_input
 from extauthz.decision.record import audit_record
 from extauthz.decision.render import prepare, render
 from extauthz.envoy.request import from_check_request
@@ -97,6 +98,9 @@ def breakdown(core: CheckCore, data: bytes) -> dict[str, float]:
         "render (finish prepared)": per_call(lambda: render(decision, core._managed, prepared)),
         "decide (what a miss adds)": per_call(
             lambda: decide(engine, req, core.identity.resolver(engine.policies))
+        ),
+        "record_input (the input a miss records)": per_call(
+            lambda: record_input(core._input_plan(engine), req, decision.identity)
         ),
         "prepare (response of a miss)": per_call(lambda: prepare(decision, core._managed)),
         "audit_record": per_call(lambda: audit_record(decision, req, 10)),
