@@ -44,8 +44,8 @@ import jwt  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
 from jwt.algorithms import RSAAlgorithm  # noqa: E402
 
-from extauthz import pipeline as check_mod  # noqa: E402
 from extauthz._pb.envoy.service.auth.v3 import external_auth_pb2 as ext  # noqa: E402
+from extauthz.decision import render as check_mod  # noqa: E402
 from extauthz.decision.audit import AuditLog, FileSink  # noqa: E402
 from extauthz.decision.cache import DecisionCache  # noqa: E402
 from extauthz.envoy import response  # noqa: E402

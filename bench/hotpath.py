@@ -32,10 +32,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from _common import check_request_bytes, free_port
 
-from extauthz import pipeline as check_mod
 from extauthz._pb.envoy.service.auth.v3 import external_auth_pb2 as ext
 from extauthz.decision.audit import AuditLog
 from extauthz.decision.cache import DecisionCache
+from extauthz.decision.decision import cache_hit, decide, new_decision_id
+from extauthz.decision.inputs import record_input
+from extauthz.decision.record import audit_record
+from extauthz.decision.render import prepare, render
 from extauthz.envoy.request import from_check_request
 from extauthz.identity.resolver import IdentityContext
 from extauthz.metrics import Metrics
@@ -150,14 +153,17 @@ def breakdown(core: CheckCore, data: bytes) -> dict[str, float]:
         "cache.key": per_call(lambda: core.cache.key(engine, req)),  # type: ignore[union-attr]
         "cache.get": per_call(lambda: core.cache.get(key)),  # type: ignore[union-attr]
         "_decide (hit, all of it)": per_call(lambda: core._decide(engine, req)),
-        "new_decision_id": per_call(check_mod.new_decision_id),
-        "_hit (copy of the cached decision)": per_call(lambda: check_mod._hit(decision, "x")),
-        "render (finish prepared)": per_call(lambda: check_mod.render(decision, core._managed, prepared)),
+        "new_decision_id": per_call(new_decision_id),
+        "cache_hit (copy of the cached decision)": per_call(lambda: cache_hit(decision, "x")),
+        "render (finish prepared)": per_call(lambda: render(decision, core._managed, prepared)),
         "decide (what a miss adds)": per_call(
-            lambda: check_mod.decide(engine, req, core.identity.resolver(engine.policies))
+            lambda: decide(engine, req, core.identity.resolver(engine.policies))
         ),
-        "prepare (response of a miss)": per_call(lambda: check_mod.prepare(decision, core._managed)),
-        "audit_record": per_call(lambda: check_mod.audit_record(decision, req, 10)),
+        "record_input (the input a miss records)": per_call(
+            lambda: record_input(core._input_plan(engine), req, decision.identity)
+        ),
+        "prepare (response of a miss)": per_call(lambda: prepare(decision, core._managed)),
+        "audit_record": per_call(lambda: audit_record(decision, req, 10)),
         "metrics.observe": per_call(lambda: m.observe(True, "allowed", 0.0001)),
     }
 

@@ -242,7 +242,8 @@ def _check(args: argparse.Namespace) -> int:
         "policy": decision.policy,
         "rule": decision.rule,
         "headers": dict(decision.headers) if decision.allowed else {},
-        "decision_id": decision.decision_id,
+        # The request's x-request-id (null without one). No decision id: nothing is recorded.
+        "request_id": from_check_request(msg).request_id or None,
     }
     if decision.error:
         out["error"] = decision.error

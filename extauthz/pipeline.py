@@ -11,12 +11,9 @@ metrics -> deny-rate accounting.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import os
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from google.protobuf.message import DecodeError
@@ -25,13 +22,16 @@ from extauthz import reasons
 from extauthz._pb.envoy.service.auth.v3 import external_auth_pb2 as ext
 from extauthz.decision.audit import OVERFLOW_DENY, AuditLog, rfc3339, rfc3339_now
 from extauthz.decision.cache import DecisionCache
-from extauthz.decision.quarantine import Quarantine, QuarantineEvent, caller_of
+from extauthz.decision.decision import Decision, cache_hit, decide, new_decision_id
+from extauthz.decision.inputs import Exclusions, InputPlan, plan_for, record_input
+from extauthz.decision.quarantine import Quarantine, caller_of
+from extauthz.decision.record import audit_record, quarantine_record
+from extauthz.decision.render import prepare, render
 from extauthz.decision.tracing import Tracer
 from extauthz.envoy import response
 from extauthz.envoy.request import RequestView, from_check_request
 from extauthz.identity.headers import IdentityHeaders
-from extauthz.identity.model import Identity
-from extauthz.identity.resolver import MISSING_TOKEN_CHALLENGE, IdentityContext, IdentityResolver
+from extauthz.identity.resolver import IdentityContext
 from extauthz.metrics import Metrics
 from extauthz.policy.engine import Engine
 
@@ -39,198 +39,14 @@ log = logging.getLogger("extauthz.pipeline")
 
 # Denials that say nothing about the caller: they never count towards a quarantine.
 _NOT_THE_CALLERS_FAULT = frozenset(
-    {reasons.QUARANTINED, reasons.AUDIT_UNAVAILABLE, reasons.INTERNAL, reasons.NO_POLICY}
+    {
+        reasons.QUARANTINED,
+        reasons.AUDIT_UNAVAILABLE,
+        reasons.INTERNAL,
+        reasons.NO_POLICY,
+        reasons.DEADLINE_EXCEEDED,
+    }
 )
-
-
-@dataclass(slots=True)
-class Decision:
-    allowed: bool
-    status: int  # HTTP status Envoy will answer (200 when allowed)
-    reason: str
-    decision_id: str
-    policy: str | None = None
-    rule: int | None = None
-    identity: Identity = field(default_factory=Identity)
-    error: str | None = None  # for the audit record: what was wrong with the input
-    audit_policies: tuple[str, ...] = ()
-    dry_run: tuple[tuple[str, str], ...] = ()
-    headers: tuple[tuple[str, str], ...] = ()  # identity and token-output headers set on allow
-    cache: str = "miss"
-    remove_headers: tuple[str, ...] = ()  # request headers stripped on allow (XFCC, the token)
-    challenge: str | None = None  # WWW-Authenticate of a 401
-
-
-_DECISION_FIELDS = tuple(f.name for f in dataclasses.fields(Decision))
-
-
-def _hit(cached: Decision, decision_id: str) -> Decision:
-    """A copy of a cached decision for this request (half the cost of dataclasses.replace)."""
-    decision = Decision(*[getattr(cached, name) for name in _DECISION_FIELDS])
-    decision.decision_id = decision_id
-    decision.cache = "hit"
-    return decision
-
-
-# For callers of decide() without a resolver: no bundles, no trusted proxies; remote key sets
-# shared across calls (never a fetch per call).
-_DEFAULT_IDENTITY = IdentityContext()
-
-
-# Decision ids drawn from the OS's random source 256 at a time: one getrandom() call where
-# there were 256. list.pop() is atomic, so threads never share an id; a forked child starts
-# with an empty pool (it must not hand out its parent's ids).
-_ID_BATCH = 256
-_id_pool: list[str] = []
-os.register_at_fork(after_in_child=_id_pool.clear)
-
-
-def new_decision_id() -> str:
-    """128 random bits as 32 hex digits (the shape of uuid4().hex, without its cost)."""
-    try:
-        return _id_pool.pop()
-    except IndexError:
-        block = os.urandom(16 * _ID_BATCH).hex()
-        _id_pool.extend(block[i : i + 32] for i in range(32, len(block), 32))
-        return block[:32]
-
-
-def decide(
-    engine: Engine | None, req: RequestView, resolver: IdentityResolver | None = None
-) -> Decision:
-    """Decide one request. No I/O of its own; token expiry reads the clock.
-
-    ``resolver`` is the identity step for ``engine``'s policy generation (built from its
-    RequestAuthentication / PeerAuthentication and the trust bundles); without one, a resolver
-    with no bundles and no trusted proxies is used (cached per policy set). ``headers`` of the
-    decision are the token outputs; the configured identity headers are added by CheckCore.
-    """
-    decision_id = req.request_id or new_decision_id()
-    if engine is None:
-        return Decision(False, 403, reasons.NO_POLICY, decision_id)
-    if req.problem is not None:
-        return Decision(False, 400, reasons.INVALID_PATH, decision_id, error=req.problem)
-    if resolver is None:
-        resolver = _DEFAULT_IDENTITY.resolver(engine.policies)
-    who = resolver.resolve(req)
-    if who.denied:
-        return Decision(
-            False,
-            who.status,
-            who.reason,
-            decision_id,
-            identity=who.identity,
-            error=who.error,
-            challenge=who.challenge,
-        )
-    identity = who.identity
-    verdict = engine.evaluate(req, identity)
-    if who.token_missing and verdict.reason == reasons.NO_MATCH:
-        # No ALLOW matched, no DENY either, and the request brought no token where a
-        # RequestAuthentication applies: ask for credentials (401) rather than refuse (403).
-        return Decision(
-            False,
-            401,
-            reasons.AUTHN_REQUIRED,
-            decision_id,
-            identity=identity,
-            audit_policies=verdict.audit,
-            dry_run=verdict.dry_run,
-            challenge=MISSING_TOKEN_CHALLENGE,
-        )
-    return Decision(
-        allowed=verdict.allowed,
-        status=200 if verdict.allowed else 403,
-        reason=verdict.reason,
-        decision_id=decision_id,
-        policy=verdict.policy,
-        rule=verdict.rule,
-        identity=identity,
-        audit_policies=verdict.audit,
-        dry_run=verdict.dry_run,
-        headers=who.headers if verdict.allowed else (),
-        remove_headers=who.remove,
-    )
-
-
-def metadata(decision: Decision) -> response.Metadata:
-    """``dynamic_metadata`` for Envoy's access logs: who was decided about, and how."""
-    ident = decision.identity
-    token = ident.token
-    return {  # the decision id is added per request (response.Prepared.finish)
-        "allowed": decision.allowed,
-        "reason": decision.reason,
-        "policy": decision.policy,
-        "peer": str(ident.peer) if ident.peer is not None else None,
-        "peer_verified": ident.peer_verified if ident.peer is not None else None,
-        "request_principal": ident.request_principal or None,
-        "token_issuer": token.issuer if token is not None else None,
-        "token_subject": token.subject if token is not None else None,
-    }
-
-
-def prepare(decision: Decision, managed: tuple[str, ...]) -> response.Prepared:
-    """The response a decision determines, encoded but for the decision id (cached with it)."""
-    if decision.allowed:
-        return response.prepare_allow(
-            decision.headers, decision.remove_headers, managed=managed, metadata=metadata(decision)
-        )
-    extra = (("www-authenticate", decision.challenge),) if decision.challenge else ()
-    return response.prepare_deny(
-        decision.status, decision.reason, extra, metadata=metadata(decision)
-    )
-
-
-def render(
-    decision: Decision,
-    managed: tuple[str, ...] = response.IDENTITY_HEADERS,
-    prepared: response.Prepared | None = None,
-) -> bytes:
-    """CheckResponse bytes for ``decision`` (from ``prepared`` when the cache had it)."""
-    return (prepared or prepare(decision, managed)).finish(decision.decision_id)
-
-
-def audit_record(decision: Decision, req: RequestView | None, latency_us: int) -> dict[str, Any]:
-    """The audit record of one decision (see the interface spec for the field list)."""
-    r = req or RequestView()
-    ident = decision.identity
-    token = ident.token
-    return {
-        "time": rfc3339_now(),
-        "decision_id": decision.decision_id,
-        "allowed": decision.allowed,
-        "status": decision.status,
-        "reason": decision.reason,
-        "policy": decision.policy,
-        "rule": decision.rule,
-        "error": decision.error,
-        "source": {
-            "principal": r.source.principal or None,
-            "address": r.source.address or None,
-        },
-        "peer_verified": ident.peer_verified,
-        "destination": {"principal": r.destination.principal or None},
-        "request": {"method": r.method, "host": r.host, "path": r.path},
-        "token": {
-            "iss": token.issuer if token is not None else None,
-            "sub": token.subject if token is not None else None,
-        },
-        "cache": decision.cache,
-        "latency_us": latency_us,
-        "audit_policies": list(decision.audit_policies),
-        "dry_run": [{"policy": p, "result": res} for p, res in decision.dry_run],
-    }
-
-
-def quarantine_record(event: QuarantineEvent) -> dict[str, Any]:
-    kind, who = event.caller
-    return {
-        "time": rfc3339_now(),
-        "event": "quarantine_start" if event.started else "quarantine_end",
-        "source": {kind: who},
-        "until": rfc3339(event.until),
-        "denials": event.denies or None,
-    }
 
 
 class CheckCore:
@@ -253,6 +69,7 @@ class CheckCore:
         metrics: Metrics | None = None,
         worker: int | None = None,
         tracer: Tracer | None = None,
+        input_exclude: Iterable[str] = (),
     ) -> None:
         self._current_engine = current_engine
         self.identity = identity or IdentityContext()
@@ -267,6 +84,15 @@ class CheckCore:
         self.metrics = metrics
         self.worker = worker  # under `serve --workers N`: recorded in every audit record
         self.tracer = tracer  # None when tracing is off: one attribute check per call
+        self._exclude = Exclusions.parse(input_exclude)  # audit_input_exclude
+        self._inputs: tuple[Engine | None, InputPlan] = (None, plan_for(None))
+
+    def _input_plan(self, engine: Engine | None) -> InputPlan:
+        """What a record's ``input`` holds under ``engine`` (computed once per policy set)."""
+        current = self._inputs
+        if current[0] is not engine:
+            current = self._inputs = (engine, plan_for(engine, self._exclude))
+        return current[1]
 
     def check_message(self, msg: ext.CheckRequest) -> tuple[bytes, dict[str, Any], Decision]:
         body, record, decision, _ = self._check(lambda: msg)
@@ -277,10 +103,28 @@ class CheckCore:
         body, record, decision, _ = self._check(lambda: ext.CheckRequest.FromString(data))
         return body, record, decision
 
-    def answer(self, data: bytes) -> bytes:
-        """What the server calls: check, audit (failing closed if so set), metrics."""
+    def answer(self, data: bytes, deadline: float | None = None) -> bytes:
+        """What the server calls: check, audit (failing closed if so set), metrics.
+
+        ``deadline`` (``time.monotonic()`` seconds; from the call's ``grpc-timeout``): a decision
+        completed after it is not what Envoy gets (Envoy has given up and applies its error
+        status): it becomes a deny, ``deadline_exceeded``, and is recorded and counted as one.
+        """
         start = time.perf_counter()
         body, record, decision, req = self._check(lambda: ext.CheckRequest.FromString(data))
+        if deadline is not None and time.monotonic() >= deadline:
+            decision = Decision(
+                False,
+                403,  # Envoy's status_on_error as `extauthz envoy-config` sets it
+                reasons.DEADLINE_EXCEEDED,
+                decision.decision_id,
+                identity=decision.identity,
+                error=f"decided ({decision.reason}) after the caller's deadline",
+                cache=decision.cache,
+                input=decision.input,
+            )
+            body = self._render_safely(decision)
+            record = audit_record(decision, req, record.get("latency_us", 0))
         return self._audit_and_count(body, record, decision, req, start)
 
     def answer_malformed(self, error: str) -> bytes:
@@ -318,6 +162,7 @@ class CheckCore:
                 identity=decision.identity,
                 error="the audit log cannot take the record",
                 cache=decision.cache,
+                input=decision.input,
             )
             body = self._render_safely(decision)
             audit.emit(audit_record(decision, req, record.get("latency_us", 0)))
@@ -345,22 +190,25 @@ class CheckCore:
             if event is not None:
                 self._event(quarantine_record(event))
             if quarantined:
-                rid = req.request_id or new_decision_id()
-                return Decision(False, 403, reasons.QUARANTINED, rid), None
+                recorded = record_input(self._input_plan(engine), req, None)
+                decision = Decision(
+                    False, 403, reasons.QUARANTINED, new_decision_id(), input=recorded
+                )
+                return decision, None
         cache = self.cache
         if cache is None or engine is None or req.problem is not None:
             resolver = self.identity.resolver(engine.policies) if engine is not None else None
-            return self._with_headers(decide(engine, req, resolver)), None
+            plan = self._input_plan(engine)
+            return self._with_headers(decide(engine, req, resolver, plan)), None
         # The key (it holds the bundle generation) before the resolver (it holds the bundles):
         # a swap in between then files this decision under the old generation, never the new.
         key = cache.key(engine, req)
         resolver = self.identity.resolver(engine.policies)
         cached: tuple[Decision, response.Prepared] | None = cache.get(key)
         if cached is not None:
-            rid = req.request_id or new_decision_id()
-            return _hit(cached[0], rid), cached[1]
+            return cache_hit(cached[0], new_decision_id()), cached[1]
         resolver = self.identity.resolver(engine.policies)
-        decision = self._with_headers(decide(engine, req, resolver))
+        decision = self._with_headers(decide(engine, req, resolver, self._input_plan(engine)))
         if decision.reason not in reasons.CACHEABLE or decision.error is not None:
             return decision, None
         prepared = prepare(decision, self._managed)
@@ -414,7 +262,7 @@ class CheckCore:
                 False,
                 403,
                 reasons.INTERNAL,
-                (req.request_id if req else "") or new_decision_id(),
+                new_decision_id(),
                 error="internal error",
             )
             body = self._render_safely(decision)

@@ -53,6 +53,8 @@ class Settings:
     audit_hmac_key_file: str | None = None
     audit_queue: int = 65536
     audit_overflow: str = "drop-allowed"  # or "deny": fail closed when records cannot be written
+    # Inputs never written into a record's `input` (header or claim names; docs/decisions.md).
+    audit_input_exclude: list[str] = field(default_factory=list)
     # Headers set on allowed requests (client copies always replaced or removed): name -> field.
     identity_headers: dict[str, str] = field(default_factory=lambda: {"x-spiffe-id": "peer"})
     # Anomaly response: quarantine a caller with more than N denials in W seconds, for Q seconds.
@@ -93,6 +95,10 @@ class Settings:
                 Hasher.from_key_file(self.audit_hmac_key_file)
             except (OSError, ValueError) as exc:
                 raise SettingsError(f"audit_hmac_key_file: {exc}") from exc
+        if not isinstance(self.audit_input_exclude, list) or not all(
+            isinstance(n, str) and n.strip() for n in self.audit_input_exclude
+        ):
+            raise SettingsError("audit_input_exclude must be a list of header or claim names")
         if not isinstance(self.identity_headers, dict):
             raise SettingsError("identity_headers must map header names to identity fields")
         from extauthz.identity.headers import IdentityHeaders

@@ -60,16 +60,23 @@ class KeyPlan:
     query: bool
 
 
-def plan_for(engine: Engine) -> KeyPlan:
-    headers = set(engine.reads.headers) | IDENTITY_HEADERS
-    query = bool(engine.reads.query_params)
+def token_headers(engine: Engine) -> frozenset[str]:
+    """Headers a RequestAuthentication of ``engine`` takes tokens from (``fromHeaders``, and
+    ``cookie`` with ``fromCookies``), lower case; ``authorization`` is in IDENTITY_HEADERS."""
+    headers: set[str] = set()
     for ra in engine.policies.request_authentication:
-        query = True  # Istio's default token locations include the access_token parameter
         for rule in ra.jwt_rules:
             for h in rule.from_headers:
                 headers.add(h.name.strip().lower())  # as identity reads it
             if rule.from_cookies:
                 headers.add("cookie")
+    return frozenset(headers)
+
+
+def plan_for(engine: Engine) -> KeyPlan:
+    headers = set(engine.reads.headers) | IDENTITY_HEADERS | token_headers(engine)
+    # Istio's default token locations include the access_token parameter.
+    query = bool(engine.reads.query_params) or bool(engine.policies.request_authentication)
     return KeyPlan(engine.generation, tuple(sorted(headers)), query)
 
 

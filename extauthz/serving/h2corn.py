@@ -8,8 +8,10 @@ bytes in, response bytes out); only the gRPC wire work differs, done here by han
   (flag 1: we announce no ``grpc-accept-encoding``), a truncated or trailing frame, or one larger
   than ``MAX_MESSAGE_BYTES`` is answered with a deny CheckResponse (``malformed_check_request``)
   rather than a gRPC error, so Envoy never has to apply its error policy.
-- ``grpc-timeout`` is honoured: an expired deadline answers DEADLINE_EXCEEDED (Envoy then
-  applies ``status_on_error``: 403 with our config).
+- ``grpc-timeout`` is honoured: a Check decided after its deadline is answered, audited and
+  counted as a deny (``deadline_exceeded``: the core decides, ``CheckCore.answer``), so the record
+  says what Envoy got (a 403, either this deny or its own ``status_on_error``); a late Health
+  call answers DEADLINE_EXCEEDED.
 - ``grpc-status`` always travels in trailers (``http.response.trailers``), after the headers.
 - ``grpc.health.v1.Health`` is served here too (SERVING once a policy set is loaded,
   NOT_SERVING while draining): ``Check``, and ``Watch`` (the status, then every change; the
@@ -104,7 +106,8 @@ class GrpcApp:
                 if message is None:
                     answer = self.service.handle_malformed(problem or "bad gRPC frame")
                 else:
-                    answer = self.service.handle_check(message, None)
+                    deadline = start + timeout if timeout is not None else None
+                    answer = self.service.handle_check(message, None, deadline)
         elif path == HEALTH_CHECK_PATH:
             code, answer_or_none = self._health(body)
             if answer_or_none is None:
@@ -117,7 +120,7 @@ class GrpcApp:
         else:
             await _status_only(send, UNIMPLEMENTED, f"unknown method {path}")
             return
-        if timeout is not None and time.monotonic() - start > timeout:
+        if path != CHECK_PATH and timeout is not None and time.monotonic() - start > timeout:
             await _status_only(send, DEADLINE_EXCEEDED, "deadline exceeded")
             return
         await send(_RESPONSE_START)

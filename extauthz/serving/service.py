@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -33,6 +34,8 @@ from extauthz.settings import Settings
 
 if TYPE_CHECKING:
     from extauthz.decision.spans import Tracing
+# grpcio reports the time left of a call without a deadline as ~9.2e18 seconds.
+_NO_DEADLINE = 365 * 24 * 3600.0
 
 log = logging.getLogger("extauthz.serving.service")
 
@@ -114,6 +117,7 @@ class Service:
             metrics=self.metrics,
             worker=worker,
             tracer=tracer,
+            input_exclude=settings.audit_input_exclude,
         )
         self.health = health.HealthServicer()  # grpcio's servicer, kept in step with the rule
         store.listeners.append(self._on_reload)
@@ -146,10 +150,18 @@ class Service:
             if status is not None:
                 self.health.set(name, status)
 
-    def handle_check(self, data: bytes, context: Any) -> bytes:
-        """The gRPC handler. Never raises: the worst case is the static deny answer."""
+    def handle_check(self, data: bytes, context: Any, deadline: float | None = None) -> bytes:
+        """The gRPC handler. Never raises: the worst case is the static deny answer.
+
+        ``deadline`` (``time.monotonic()`` seconds) comes from the transport; under grpcio it is
+        read from ``context.time_remaining()`` (a call without a deadline has years left).
+        """
         try:
-            return self.core.answer(data)
+            if deadline is None and context is not None:
+                left = context.time_remaining()
+                if left is not None and left < _NO_DEADLINE:
+                    deadline = time.monotonic() + left
+            return self.core.answer(data, deadline)
         except Exception:
             log.exception("check handler failed; answering deny")
             return response.STATIC_DENY

@@ -33,9 +33,9 @@ from typing import Any
 import yaml
 
 from extauthz import reasons
+from extauthz.decision.decision import Decision, decide
 from extauthz.envoy.request import from_check_request
 from extauthz.identity.model import Token, establish
-from extauthz.pipeline import Decision, decide
 from extauthz.policy.engine import Engine
 from extauthz.tools.samples import check_request
 

@@ -44,7 +44,7 @@ def test_check_denies_admin(tmp_path: Path, capsys: pytest.CaptureFixture[str]) 
         "policy": "istio-system/deny-admin",
         "rule": 0,
         "headers": {},
-        "decision_id": out["decision_id"],
+        "request_id": None,
         "explanation": "denied by DENY policy istio-system/deny-admin rules[0]",
         "failed": None,
     }

@@ -12,9 +12,10 @@ from prometheus_client import generate_latest
 
 from extauthz.decision.audit import AuditLog, StreamSink
 from extauthz.decision.cache import DecisionCache
+from extauthz.decision.decision import Decision
 from extauthz.decision.quarantine import Quarantine
 from extauthz.metrics import Metrics
-from extauthz.pipeline import CheckCore, Decision
+from extauthz.pipeline import CheckCore
 from extauthz.policy import compile_policies, load_text
 from extauthz.tools.samples import check_request
 

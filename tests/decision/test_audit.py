@@ -62,7 +62,8 @@ def test_n_mixed_checks_make_exactly_n_records_and_verify(tmp_path: Path) -> Non
     assert len(recs) == 71 == log.written and log.lost == 0
     assert [r["seq"] for r in recs] == list(range(1, 72))
     assert recs[0]["prev_hash"] == GENESIS
-    assert [r["decision_id"] for r in recs[:70]] == [f"r{i}" for i in range(70)]
+    assert [r["request_id"] for r in recs[:70]] == [f"r{i}" for i in range(70)]
+    assert len({r["decision_id"] for r in recs}) == 71
     assert {r["reason"] for r in recs} >= {
         "allowed", "denied_by_policy", "no_matching_policy", "invalid_request",
         "invalid_peer_identity", "malformed_check_request",

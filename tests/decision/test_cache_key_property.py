@@ -156,4 +156,7 @@ def test_cache_on_and_off_answer_the_same(seq: list[dict[str, Any]]) -> None:
             d2.rule,
             d2.headers,
         )
-        assert b1 == b2  # byte-identical answers (same request id)
+        # Byte-identical answers but for the decision ids (each answer has its own: same length).
+        assert b1.replace(d1.decision_id.encode(), b"-" * 32) == b2.replace(
+            d2.decision_id.encode(), b"-" * 32
+        )

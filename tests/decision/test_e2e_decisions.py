@@ -158,6 +158,33 @@ def test_quarantine_and_release_through_envoy(stack: Stack) -> None:
     assert "quarantine_start" in events
 
 
+def test_decision_ids_are_the_services_and_the_request_id_is_envoys(stack: Stack) -> None:
+    """Two requests with the same x-request-id get two decision ids; each record's request_id is
+    the x-request-id Envoy sent upstream, and the deny body names its record's decision id."""
+    stack.echo.clear()
+    same = [("x-request-id", "chosen-by-the-client")]
+    for _ in range(2):
+        assert stack.request("frontend", "/api/request-ids", same).status == 200
+    envoys = [seen.header("x-request-id") for seen in stack.echo.requests]
+    denied = stack.request("intruder", "/api/request-ids", same)
+    assert denied.status == 403
+    deny_id = denied.json()["decision_id"]
+    deadline = time.monotonic() + 10  # records are written in batches: wait for all three
+    while True:
+        records = stack.authz.audit_records()
+        mine = [r for r in records if r.get("request", {}).get("path") == "/api/request-ids"]
+        if len(mine) >= 3 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert [r["request_id"] for r in mine[:2]] == envoys and all(envoys)
+    ids = [r["decision_id"] for r in mine]
+    assert len(set(ids)) == 3 and not set(ids) & {*envoys, "chosen-by-the-client"}
+    [deny_record] = [r for r in mine if r["decision_id"] == deny_id]
+    assert deny_record["allowed"] is False
+    assert deny_record["request_id"] and deny_record["request_id"] != deny_id
+
+
+# Last: it stops the service.
 def test_audit_log_has_one_record_per_check_and_verifies(stack: Stack) -> None:
     stack.authz.wait_audit(stack.sent)
     assert stack.authz.stop() == 0
@@ -171,3 +198,4 @@ def test_audit_log_has_one_record_per_check_and_verifies(stack: Stack) -> None:
     data[len(data) // 2] ^= 0x20
     log.write_bytes(bytes(data))
     assert not verify([log], Hasher(KEY)).ok
+

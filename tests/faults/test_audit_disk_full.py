@@ -131,7 +131,7 @@ def test_audit_disk_full_deny_mode_never_allows_without_a_record(tmp_path: Path)
     finally:
         proc.stop()
     records = proc.audit_records()
-    recorded_allows = {r["decision_id"] for r in records if r.get("allowed") is True}
+    recorded_allows = {r.get("request_id") for r in records if r.get("allowed") is True}
     outcome: Counter[str] = Counter()
     unrecorded: list[int] = []
     first_unavailable = None

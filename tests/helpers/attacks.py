@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from extauthz._pb.envoy.service.auth.v3 import external_auth_pb2 as ext
-from extauthz.pipeline import CheckCore, Decision
+from extauthz.decision.decision import Decision
+from extauthz.pipeline import CheckCore
 from extauthz.policy import compile_policies, load_text
 from extauthz.tools.samples import check_request
 from helpers import (

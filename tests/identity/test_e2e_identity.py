@@ -72,19 +72,19 @@ class Stack:
 
     def audit(self, timeout: float = 5.0) -> dict[str, object]:
         """The audit record of the last request, found by its decision id (the deny body names
-        it; an allowed request carries it upstream as x-request-id). Records are written in
-        batches, so "the newest line" could still be the previous request's."""
+        it) or, for an allowed request, by Envoy's x-request-id (recorded as request_id). Records
+        are written in batches, so "the newest line" could still be the previous request's."""
         assert self.last is not None
         if self.last.status == 200:
-            decision_id = self.echo.requests[-1].header("x-request-id")
+            key, value = "request_id", self.echo.requests[-1].header("x-request-id")
         else:
-            decision_id = self.last.json()["decision_id"]
+            key, value = "decision_id", self.last.json()["decision_id"]
         deadline = time.monotonic() + timeout
         while True:
             for record in reversed(self.authz.audit_records()):
-                if record.get("decision_id") == decision_id:
+                if record.get(key) == value:
                     return record
-            assert time.monotonic() < deadline, f"no audit record for {decision_id}"
+            assert time.monotonic() < deadline, f"no audit record with {key} {value}"
             time.sleep(0.05)
 
     def request(self, who: str, path: str, headers: list[tuple[str, str]] | None = None) -> HttpResult:

@@ -10,6 +10,7 @@ import pytest
 from extauthz import pipeline as check_mod
 from extauthz._pb.envoy.config.core.v3 import base_pb2
 from extauthz._pb.envoy.service.auth.v3 import external_auth_pb2 as ext
+from extauthz.decision import decision as decision_mod
 from extauthz.pipeline import CheckCore
 from extauthz.policy import Engine, compile_policies, load_text
 from extauthz.tools.samples import check_request
@@ -85,8 +86,8 @@ def test_policy_deny_is_403_with_json_body(core: CheckCore) -> None:
     assert resp.status.code == 7  # PERMISSION_DENIED
     assert resp.denied_response.status.code == 403
     body = json.loads(resp.denied_response.body)
-    assert body == {"decision_id": "req-1", "status": 403, "reason": "denied_by_policy"}
-    assert record["decision_id"] == "req-1"
+    assert body == {"decision_id": record["decision_id"], "status": 403, "reason": "denied_by_policy"}
+    assert record["decision_id"] != "req-1" and record["request_id"] == "req-1"
     assert record["policy"] == "istio-system/deny-admin"
     assert record["reason"] == "denied_by_policy"
 
@@ -192,15 +193,15 @@ def test_audit_record_fields(core: CheckCore) -> None:
 
 
 def test_generated_decision_ids_are_128_random_bits_in_hex() -> None:
-    ids = {check_mod.new_decision_id() for _ in range(1000)}
+    ids = {decision_mod.new_decision_id() for _ in range(1000)}
     assert len(ids) == 1000
     assert all(len(i) == 32 and int(i, 16) >= 0 and i == i.lower() for i in ids)
 
 
 def test_a_cache_hit_copies_the_decision_with_its_own_id() -> None:
-    cached = check_mod.Decision(True, 200, "allowed", "first", policy="ns/p", rule=2,
+    cached = decision_mod.Decision(True, 200, "allowed", "first", policy="ns/p", rule=2,
                                 headers=(("x-a", "1"),))
-    hit = check_mod._hit(cached, "second")
+    hit = decision_mod.cache_hit(cached, "second")
     assert (hit.decision_id, hit.cache) == ("second", "hit")
     assert (cached.decision_id, cached.cache) == ("first", "miss")  # the cached one is untouched
     assert (hit.allowed, hit.policy, hit.rule, hit.headers) == (True, "ns/p", 2, (("x-a", "1"),))
@@ -221,10 +222,10 @@ def test_metrics_count_each_outcome_and_reason_apart() -> None:
 def test_a_forked_worker_never_reuses_its_parents_pending_decision_ids() -> None:
     import os
 
-    check_mod.new_decision_id()  # the pool now holds ids the parent will hand out
-    assert check_mod._id_pool
+    decision_mod.new_decision_id()  # the pool now holds ids the parent will hand out
+    assert decision_mod._id_pool
     pid = os.fork()
     if pid == 0:  # the child: nothing inherited
-        os._exit(0 if not check_mod._id_pool else 1)
+        os._exit(0 if not decision_mod._id_pool else 1)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0

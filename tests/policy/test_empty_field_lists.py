@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
+from extauthz.decision.decision import decide
 from extauthz.envoy.request import from_check_request
-from extauthz.pipeline import decide
 from extauthz.policy import PolicyError, compile_policies, load_text
 from extauthz.tools.samples import check_request
 

@@ -190,9 +190,26 @@ def test_oversized_message_is_denied_without_reading_it_all(app: GrpcApp) -> Non
     assert "larger than" in record["error"]
 
 
-def test_expired_deadline_answers_deadline_exceeded(app: GrpcApp) -> None:
+def test_a_check_decided_after_its_deadline_is_answered_and_audited_as_a_deny(app: GrpcApp) -> None:
+    """The policy allows it, but Envoy gave up on the answer (and answered 403 itself): the
+    record and the metrics must say deny, never ``allowed: true``."""
     headers = [(b"content-type", b"application/grpc"), (b"grpc-timeout", b"1n")]
     c = call(app, frame(req()), headers=headers)
+    resp = c.check_response()
+    assert resp.status.code != 0 and resp.denied_response.status.code == 403
+    assert json.loads(resp.denied_response.body)["reason"] == "deadline_exceeded"
+    [record] = audit_lines(app)
+    assert (record["allowed"], record["status"], record["reason"]) == (False, 403, "deadline_exceeded")
+    assert "allowed" in record["error"]  # what it would have been, had it been in time
+    get = app.service.metrics.registry.get_sample_value
+    assert get("extauthz_checks_total", {"outcome": "deny", "reason": "deadline_exceeded"}) == 1.0
+    assert get("extauthz_checks_total", {"outcome": "allow", "reason": "allowed"}) is None
+
+
+def test_a_late_health_check_answers_deadline_exceeded(app: GrpcApp) -> None:
+    headers = [(b"content-type", b"application/grpc"), (b"grpc-timeout", b"1n")]
+    body = frame(health_pb2.HealthCheckRequest(service="").SerializeToString())
+    c = call(app, body, path=HEALTH_CHECK_PATH, headers=headers)
     assert c.grpc_status == DEADLINE_EXCEEDED
     assert c.body == b""
 

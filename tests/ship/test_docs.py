@@ -169,6 +169,7 @@ def _audit_fields() -> dict[str, Any]:
     msg = ext.CheckRequest()
     msg.attributes.request.http.method = "GET"
     msg.attributes.request.http.path = "/"
+    msg.attributes.request.http.headers["x-request-id"] = "req-1"
     _, record, _ = CheckCore(lambda: engine).check_message(msg)
     return record
 
