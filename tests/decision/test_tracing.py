@@ -114,11 +114,15 @@ def test_one_span_per_check_child_of_the_requests_traceparent(
         assert span.context.trace_state.to_header() == "vendor=opaque"
         assert span.start_time is not None and span.end_time is not None
         assert 0 < span.start_time <= span.end_time
-    assert dict(first.attributes or {}) == {
+    first_attributes = dict(first.attributes or {})
+    decision_id = first_attributes.pop("extauthz.decision_id")
+    # The service's own id (never the client's x-request-id), one per decision, a hit included.
+    assert isinstance(decision_id, str) and len(decision_id) == 32 and decision_id != "req-1"
+    assert (hit.attributes or {})["extauthz.decision_id"] not in (decision_id, "req-1")
+    assert first_attributes == {
         "rpc.system": "grpc",
         "rpc.service": "envoy.service.auth.v3.Authorization",
         "rpc.method": "Check",
-        "extauthz.decision_id": "req-1",
         "extauthz.allowed": True,
         "extauthz.status": 200,
         "extauthz.reason": reasons.ALLOWED,
