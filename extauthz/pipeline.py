@@ -280,11 +280,12 @@ class CheckCore:
         body, record, decision, req = self._check(lambda: ext.CheckRequest.FromString(data))
         return self._audit_and_count(body, record, decision, req, start)
 
-    def answer_malformed(self, error: str) -> bytes:
-        """A call whose gRPC framing was bad (transports that parse frames themselves): denied,
-        audited and counted like an undecodable CheckRequest."""
+    def answer_malformed(self, error: str, reason: str = reasons.MALFORMED) -> bytes:
+        """A call whose gRPC framing was bad or whose body tripped a resource bound (transports
+        that parse frames themselves): denied, audited and counted like an undecodable
+        CheckRequest."""
         start = time.perf_counter()
-        decision = Decision(False, 403, reasons.MALFORMED, new_decision_id(), error=error)
+        decision = Decision(False, 403, reason, new_decision_id(), error=error)
         body = self._render_safely(decision)
         return self._audit_and_count(body, audit_record(decision, None, 0), decision, None, start)
 

@@ -24,6 +24,7 @@ NO_POLICY = "no_policy_loaded"
 INTERNAL = "internal_error"
 QUARANTINED = "quarantined"  # too many denials lately (decision/quarantine.py)
 AUDIT_UNAVAILABLE = "audit_unavailable"  # audit_overflow: deny, and the log is behind
+RESOURCE_LIMIT = "resource_limit"  # the request tripped a resource bound (serving/bounds.py)
 
 # Decisions that depend only on the request and the policy set: the decision cache may keep them.
 CACHEABLE = frozenset({ALLOWED, DENIED_BY_POLICY, NO_MATCH})

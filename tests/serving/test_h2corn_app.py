@@ -71,8 +71,8 @@ def app(tmp_path: Path) -> GrpcApp:
     store = PolicyStore(policies)
     store.load()
     audit = AuditLog.open(str(tmp_path / "audit.log"))
-    service = Service(Settings(policies=str(policies)), store, audit)
-    application = GrpcApp(service, max_message_bytes=64 * 1024)
+    service = Service(Settings(policies=str(policies), max_message_bytes=64 * 1024), store, audit)
+    application = GrpcApp(service)
     application.audit_path = tmp_path / "audit.log"  # type: ignore[attr-defined]
     return application
 
