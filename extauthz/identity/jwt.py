@@ -34,7 +34,7 @@ MAX_TOKEN_BYTES = 8 * 1024
 # JSON nesting allowed in a token's header or payload (claims nest a few levels at most);
 # deeper is a bad token, found by a linear scan before json.loads could recurse.
 MAX_JSON_DEPTH = 32
-_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
 _NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 CLOCK_SKEW_S = 60
 # The JWT-SVID algorithm list (no EdDSA, no HMAC, no none).
