@@ -335,7 +335,7 @@ class CheckCore:
         went to the cache, its prepared response."""
         q = self.quarantine
         if q is not None:
-            quarantined, event = q.check(caller_of(req))
+            quarantined, event = q.check(caller_of(req, self.identity.trusted))
             if event is not None:
                 self._event(quarantine_record(event))
             if quarantined:
@@ -427,7 +427,7 @@ class CheckCore:
             and decision.reason not in _NOT_THE_CALLERS_FAULT
         ):
             try:
-                event = self.quarantine.record_deny(caller_of(req))
+                event = self.quarantine.record_deny(caller_of(req, self.identity.trusted))
                 if event is not None:
                     log.warning("quarantined %s=%s until %s", *event.caller, rfc3339(event.until))
                     self._event(quarantine_record(event))
