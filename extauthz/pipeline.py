@@ -326,6 +326,8 @@ class CheckCore:
                 m.bad_requests.labels("non_canonical").inc()
             elif decision.reason == reasons.MALFORMED:
                 m.bad_requests.labels("malformed").inc()
+            elif decision.reason == reasons.RESOURCE_LIMIT:
+                m.bad_requests.labels("resource_limit").inc()
         return body
 
     def _decide(
