@@ -7,6 +7,7 @@ Network loads (h2load against running servers; need nghttp2-client):
     python bench/run.py scale    # serve --workers 1, 2, ... (scale_load.py)
     python bench/run.py stacks   # how the gRPC stack was chosen (stacks_load.py)
     python bench/run.py profile  # py-spy profile of the service under h2load (profile_load.py)
+    python bench/run.py slow-streams # unfinished streams: service RSS, others answered (slow_streams.py)
 
 In process (no network, seconds each):
 
@@ -50,6 +51,7 @@ COMMANDS = {
     "cache": "cache_cost",
     "hotpath": "hotpath",
     "soak": "soak",
+    "slow-streams": "slow_streams",
 }
 LOADS = ("grpc", "envoy", "scale")  # `all`: these take the options given to `all`
 IN_PROCESS = ("rules", "identity", "cache", "hotpath")  # `all`: these run with their defaults

@@ -91,7 +91,7 @@ class Metrics:
         )
         self.bad_requests = Counter(
             "extauthz_bad_requests",
-            "Checks whose input was malformed or not canonical.",
+            "Checks whose input was malformed, not canonical, or over a resource bound.",
             ["kind"],
             registry=r,
         )

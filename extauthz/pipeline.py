@@ -127,11 +127,12 @@ class CheckCore:
             record = audit_record(decision, req, record.get("latency_us", 0))
         return self._audit_and_count(body, record, decision, req, start)
 
-    def answer_malformed(self, error: str) -> bytes:
-        """A call whose gRPC framing was bad (transports that parse frames themselves): denied,
-        audited and counted like an undecodable CheckRequest."""
+    def answer_malformed(self, error: str, reason: str = reasons.MALFORMED) -> bytes:
+        """A call whose gRPC framing was bad or whose body tripped a resource bound (transports
+        that parse frames themselves): denied, audited and counted like an undecodable
+        CheckRequest."""
         start = time.perf_counter()
-        decision = Decision(False, 403, reasons.MALFORMED, new_decision_id(), error=error)
+        decision = Decision(False, 403, reason, new_decision_id(), error=error)
         body = self._render_safely(decision)
         return self._audit_and_count(body, audit_record(decision, None, 0), decision, None, start)
 
@@ -173,6 +174,8 @@ class CheckCore:
                 m.bad_requests.labels("non_canonical").inc()
             elif decision.reason == reasons.MALFORMED:
                 m.bad_requests.labels("malformed").inc()
+            elif decision.reason == reasons.RESOURCE_LIMIT:
+                m.bad_requests.labels("resource_limit").inc()
         if self.tracer is not None:  # the span, made after the fact with the check's times
             end = time.time_ns()
             begin = end - int((time.perf_counter() - start) * 1e9)
@@ -186,7 +189,7 @@ class CheckCore:
         went to the cache, its prepared response."""
         q = self.quarantine
         if q is not None:
-            quarantined, event = q.check(caller_of(req))
+            quarantined, event = q.check(caller_of(req, self.identity.trusted))
             if event is not None:
                 self._event(quarantine_record(event))
             if quarantined:
@@ -281,7 +284,7 @@ class CheckCore:
             and decision.reason not in _NOT_THE_CALLERS_FAULT
         ):
             try:
-                event = self.quarantine.record_deny(caller_of(req))
+                event = self.quarantine.record_deny(caller_of(req, self.identity.trusted))
                 if event is not None:
                     log.warning("quarantined %s=%s until %s", *event.caller, rfc3339(event.until))
                     self._event(quarantine_record(event))

@@ -25,6 +25,7 @@ INTERNAL = "internal_error"
 QUARANTINED = "quarantined"  # too many denials lately (decision/quarantine.py)
 AUDIT_UNAVAILABLE = "audit_unavailable"  # audit_overflow: deny, and the log is behind
 DEADLINE_EXCEEDED = "deadline_exceeded"  # decided after the caller's grpc-timeout had passed
+RESOURCE_LIMIT = "resource_limit"  # the request tripped a resource bound (serving/bounds.py)
 
 # Decisions that depend only on the request and the policy set: the decision cache may keep them.
 CACHEABLE = frozenset({ALLOWED, DENIED_BY_POLICY, NO_MATCH})

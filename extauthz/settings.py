@@ -63,6 +63,15 @@ class Settings:
     anomaly_window_seconds: float = 10.0
     anomaly_quarantine_seconds: float = 60.0
     anomaly_max_tracked: int = 100000
+    # Resource bounds on the Check port (docs/security.md, "Resource bounds"): the gRPC message
+    # cap (enforced while reading), the time the whole request body may take, HTTP/2 streams per
+    # connection, and the bytes of unfinished request bodies held per connection and per process.
+    max_message_bytes: int = 256 * 1024
+    body_timeout: float = 5.0
+    max_streams_per_connection: int = 100
+    max_connections: int = 4096  # per worker process (h2corn; grpcio has no such bound)
+    max_buffered_bytes_per_connection: int = 4 * 1024 * 1024
+    max_buffered_bytes: int = 64 * 1024 * 1024
 
     def validate(self) -> None:
         parse_listen(self.listen)
@@ -114,6 +123,7 @@ class Settings:
             or self.anomaly_max_tracked < 1
         ):
             raise SettingsError("anomaly settings must be positive")
+        self._validate_bounds()
         for tb in self.trust_bundle:
             td, sep, path = tb.partition("=")
             if not sep or not td or not path:
@@ -123,6 +133,31 @@ class Settings:
                 ipaddress.ip_network(cidr, strict=False)
             except ValueError:
                 raise SettingsError(f"--trusted-proxy {cidr!r}: not an IP address or CIDR") from None
+
+    def _validate_bounds(self) -> None:
+        for name in (
+            "max_message_bytes",
+            "max_streams_per_connection",
+            "max_connections",
+            "max_buffered_bytes_per_connection",
+            "max_buffered_bytes",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise SettingsError(f"{name} must be a whole number >= 1")
+        if self.max_message_bytes > 64 * 1024 * 1024:
+            raise SettingsError("max_message_bytes must be at most 64 MiB")
+        if not isinstance(self.body_timeout, (int, float)) or not 0 < self.body_timeout <= 3600:
+            raise SettingsError("body_timeout must be a number of seconds in (0, 3600]")
+        if not (
+            self.max_message_bytes + 5
+            <= self.max_buffered_bytes_per_connection
+            <= self.max_buffered_bytes
+        ):
+            raise SettingsError(
+                "bounds must nest: max_message_bytes + 5 <= max_buffered_bytes_per_connection"
+                " <= max_buffered_bytes"
+            )
 
 
 TRANSPORTS = ("grpcio", "h2corn")

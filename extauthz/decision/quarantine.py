@@ -1,7 +1,10 @@
 """Anomaly response: quarantine a caller whose requests keep being denied.
 
-A caller is its mTLS principal as Envoy reports it (``source.principal``), or, without one, its
-source address. When more than ``max_denies`` of its requests are denied within ``window``
+A caller is the client extauthz establishes: behind a trusted proxy (``--trusted-proxy``) that
+sends ``x-forwarded-client-cert``, the client the proxy vouches for (the last element's URI, or
+its certificate hash without one), never the proxy itself, which many clients share; otherwise
+its mTLS principal as Envoy reports it (``source.principal``), or, without one, its source
+address. When more than ``max_denies`` of its requests are denied within ``window``
 seconds, every request of it is denied (reason ``quarantined``) for ``duration`` seconds, then it
 is released automatically. Quarantine answers do not count as denials (it would never end), nor
 do the service's own faults. Memory is bounded: at most ``max_tracked`` callers are followed;
@@ -20,11 +23,26 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from extauthz.envoy.request import RequestView
+from extauthz.identity.xfcc import HEADER as XFCC_HEADER
+from extauthz.identity.xfcc import TrustedProxies, XfccError, last_element
 
 CallerKey = tuple[str, str]
 
 
-def caller_of(req: RequestView) -> CallerKey:
+def caller_of(req: RequestView, trusted: TrustedProxies | None = None) -> CallerKey:
+    """The quarantine key of ``req``'s caller, the same client the identity step establishes
+    (identity/resolver.py reads XFCC from trusted proxies by the same rule)."""
+    if trusted:
+        xfcc = req.headers.get(XFCC_HEADER)
+        if xfcc is not None and trusted.trusts(req.source.address):
+            try:
+                element = last_element(xfcc)
+            except XfccError:
+                element = None  # denied as invalid_peer_identity: the proxy's own fault
+            if element is not None and element.uri:
+                return ("principal", element.uri)
+            if element is not None and element.hash:
+                return ("xfcc-hash", element.hash)
     if req.source.principal:
         return ("principal", req.source.principal)
     return ("address", req.source.address)

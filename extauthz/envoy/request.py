@@ -6,7 +6,6 @@ Everything after parsing (identity, policy, cache, audit) reads this view, never
 from __future__ import annotations
 
 import re
-import urllib.parse
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -14,11 +13,9 @@ from typing import Any
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 
-# Percent-escapes of RFC 3986 unreserved characters (ALPHA / DIGIT / "-" / "." / "_" / "~") must
-# never be encoded in a canonical path; encoded "/" and "\" hide segment boundaries.
-_UNRESERVED = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~")
-_HEX_UPPER = frozenset("0123456789ABCDEF")
-_HEX_ANY = frozenset("0123456789ABCDEFabcdef")
+# A longer path is refused (400): Envoy's default header limit is 60 KiB, real paths are short,
+# and a long one is only a way to make every check cost more.
+MAX_PATH_BYTES = 8 * 1024
 # Characters allowed raw in a canonical path: RFC 3986 pchar plus "/" (no "#", "\", space, ...).
 _PATH_CHARS = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@/%]*")
 # The same without ";" and "%": a path of only these needs no per-character or escape checks.
@@ -29,6 +26,37 @@ _PLAIN_PATH = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,=:@/]*")
 _AUTHORITY = re.compile(
     r"(?:(?:[A-Za-z0-9_-]+\.)*[A-Za-z0-9_-]+\.?|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?"
 )
+_DOT_SEGMENT = re.compile(r"/\.\.?(?=/|$)")
+# Characters never allowed raw in a path, each with its own reason (path_problem).
+_BAD_PATH_CHAR = re.compile(r"[\x00-\x1f\x7f\\#;\x80-\U0010ffff]")
+# One alternative per problem, tried in this order at each "%": the leftmost bad escape wins.
+# Percent-escapes of RFC 3986 unreserved characters (ALPHA / DIGIT / "-" / "." / "_" / "~") must
+# never be encoded in a canonical path; encoded "/" and "\" hide segment boundaries.
+_UNRESERVED_HEX = "3[0-9]|4[1-9A-F]|5[0-9A]|6[1-9A-F]|7[0-9A]|2D|2E|5F|7E"  # ALPHA DIGIT - . _ ~
+_BAD_ESCAPE = re.compile(
+    r"%(?:(?P<malformed>(?![0-9A-Fa-f]{2}))"
+    r"|(?P<lower>[0-9A-Fa-f][a-f]|[a-f][0-9A-Fa-f])"
+    r"|(?P<slash>2F|5C)"
+    rf"|(?P<unreserved>{_UNRESERVED_HEX})"
+    r"|(?P<control>[01][0-9A-F]|7F)"
+    r"|(?P<double>25(?=[0-9A-Fa-f]{2})))"
+)
+_ESCAPE_PROBLEMS = {
+    "malformed": "malformed percent-escape in path",
+    "lower": "lower-case percent-escape in path",
+    "slash": "encoded slash or backslash in path",
+    "unreserved": "encoded unreserved character in path",
+    "control": "encoded control character in path",
+    "double": "double-encoded percent-escape in path",  # %252F: '/' after a second decode
+}
+# A path whose escapes spell well-formed UTF-8 (RFC 3629 s4), upper-case hex, over ASCII text.
+_CONT = "%[89AB][0-9A-F]"
+_UTF8_ESCAPED_PATH = re.compile(
+    r"(?:[^%]|%[0-7][0-9A-F]"
+    rf"|%(?:C[2-9A-F]|D[0-9A-F]){_CONT}"
+    rf"|%E0%[AB][0-9A-F]{_CONT}|%E[1-9A-CEF]{_CONT}{_CONT}|%ED%[89][0-9A-F]{_CONT}"
+    rf"|%F0%[9AB][0-9A-F]{_CONT}{_CONT}|%F[1-3]{_CONT}{_CONT}{_CONT}|%F4%8[0-9A-F]{_CONT}{_CONT})*"
+)
 # RFC 9110 token: a method never carries spaces or separators.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 
@@ -38,16 +66,22 @@ def path_problem(path: str) -> str | None:
 
     Canonical means: what Envoy sends with ``normalize_path`` and ``merge_slashes`` on, so that a
     string comparison against policy paths cannot be bypassed by an equivalent spelling.
+    Linear in the path's length, every step a compiled regex (no per-character Python loop), and
+    the path is at most ``MAX_PATH_BYTES`` long: one request costs at most a few normal checks.
     """
+    if len(path) > MAX_PATH_BYTES:
+        return f"path longer than {MAX_PATH_BYTES} bytes"
     if not path.startswith("/"):
         return "path does not start with '/'"
     if _PLAIN_PATH.fullmatch(path):  # the common case: no escapes, nothing but plain pchars
         if "//" in path:
             return "empty path segment"
-        if "/." in path and any(segment in (".", "..") for segment in path.split("/")):
+        if "/." in path and _DOT_SEGMENT.search(path):
             return "dot segment in path"
         return None
-    for ch in path:
+    bad = _BAD_PATH_CHAR.search(path)  # the first offending character decides, as Envoy reads it
+    if bad is not None:
+        ch = bad.group()
         o = ord(ch)
         if o < 0x20 or o == 0x7F:
             return "control character in path"
@@ -57,35 +91,21 @@ def path_problem(path: str) -> str | None:
             return "fragment in path"
         if ch == ";":  # /admin;x=1 is /admin to Servlet containers (matrix parameters)
             return "path parameter (';') in path"
-        if o > 0x7E:
-            return "non-ASCII character in path"
+        return "non-ASCII character in path"
     if not _PATH_CHARS.fullmatch(path):
         return "character not allowed in a path"
     if "//" in path:
         return "empty path segment"
-    for segment in path.split("/"):
-        if segment in (".", ".."):
-            return "dot segment in path"
-    i = path.find("%")
-    while i != -1:
-        esc = path[i + 1 : i + 3]
-        if len(esc) != 2 or not set(esc) <= _HEX_ANY:
-            return "malformed percent-escape in path"
-        if not set(esc) <= _HEX_UPPER:
-            return "lower-case percent-escape in path"
-        byte = int(esc, 16)
-        if byte in (0x2F, 0x5C):
-            return "encoded slash or backslash in path"
-        if byte in _UNRESERVED:
-            return "encoded unreserved character in path"
-        if byte < 0x20 or byte == 0x7F:
-            return "encoded control character in path"
-        if byte == 0x25 and len(path) >= i + 5 and set(path[i + 3 : i + 5]) <= _HEX_ANY:
-            return "double-encoded percent-escape in path"  # %252F: '/' after a second decode
-        i = path.find("%", i + 3)
-    try:  # overlong forms (%C0%AF is a '/' to lenient decoders) and stray bytes are not UTF-8
-        urllib.parse.unquote_to_bytes(path).decode("utf-8")
-    except UnicodeDecodeError:
+    if _DOT_SEGMENT.search(path):
+        return "dot segment in path"
+    if "%" not in path:
+        return None
+    esc = _BAD_ESCAPE.search(path)  # the first bad escape, its first problem (in this order)
+    if esc is not None:
+        return _ESCAPE_PROBLEMS[esc.lastgroup or "malformed"]
+    # Every escape is now well-formed upper-case hex over ASCII text: the escaped bytes must be
+    # UTF-8 (overlong forms such as %C0%AF, a '/' to lenient decoders, and stray bytes are not).
+    if not _UTF8_ESCAPED_PATH.fullmatch(path):
         return "percent-escapes do not decode to UTF-8"
     return None
 

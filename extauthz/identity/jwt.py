@@ -31,6 +31,11 @@ from extauthz.identity.keys import ASYMMETRIC_ALGS, RSA_ALGS, KeySet
 from extauthz.identity.model import Token, try_parse_spiffe_id
 
 MAX_TOKEN_BYTES = 8 * 1024
+# JSON nesting allowed in a token's header or payload (claims nest a few levels at most);
+# deeper is a bad token, found by a linear scan before json.loads could recurse.
+MAX_JSON_DEPTH = 32
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
 CLOCK_SKEW_S = 60
 # The JWT-SVID algorithm list (no EdDSA, no HMAC, no none).
 JWT_SVID_ALGS = RSA_ALGS | frozenset({"ES256", "ES384", "ES512"})
@@ -72,14 +77,31 @@ def _no_constants(name: str) -> Any:
     raise TokenError(f"JSON constant {name} is not allowed")
 
 
+def json_too_deep(text: str, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether ``text`` nests arrays/objects more than ``limit`` deep. Linear; brackets inside
+    strings do not count. Text with fewer than ``limit`` opening brackets is not scanned."""
+    if text.count("[") + text.count("{") <= limit:
+        return False
+    depth = 0
+    for ch in _NOT_BRACKET.sub("", _JSON_STRING.sub("", text)):
+        if ch in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        else:
+            depth -= 1
+    return False
+
+
 def _b64_json(part: str, what: str) -> dict[str, Any]:
     if not _B64URL.fullmatch(part) or len(part) % 4 == 1:
         raise TokenError(f"{what} is not base64url")
     try:
         raw = base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
-        value = json.loads(
-            raw.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_no_constants
-        )
+        text = raw.decode("utf-8")
+        if json_too_deep(text):
+            raise TokenError(f"{what} JSON nested deeper than {MAX_JSON_DEPTH}")
+        value = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
     except (binascii.Error, UnicodeError, ValueError) as exc:
         if isinstance(exc, TokenError):
             raise

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 from grpc_health.v1 import health_pb2_grpc
 
-from extauthz.envoy.grpc import AUTHZ_SERVICE, CHECK_METHOD, MAX_MESSAGE_BYTES
+from extauthz.envoy.grpc import AUTHZ_SERVICE, CHECK_METHOD
 from extauthz.serving import lifecycle
 from extauthz.serving.service import Service
 from extauthz.settings import Settings, parse_listen
@@ -20,14 +20,37 @@ from extauthz.settings import Settings, parse_listen
 log = logging.getLogger("extauthz.serving.grpcio")
 
 
+# A connection lives at most this long (then GOAWAY; calls in flight get body_timeout to end):
+# grpcio has no timeout for a request body that never completes, so this bounds how long an
+# unfinished stream can hold its buffer (docs/security.md, "Resource bounds").
+MAX_CONNECTION_AGE_SECONDS = 60.0
+
+
+def grpcio_options(settings: Settings) -> list[tuple[str, int]]:
+    """grpcio's resource bounds: the message cap (checked against the declared length, before
+    the body is buffered), streams per connection, and connection age (the only bound grpcio has
+    on how long an unfinished body can be held)."""
+    return [
+        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        ("grpc.max_send_message_length", max(settings.max_message_bytes, 64 * 1024)),
+        ("grpc.max_concurrent_streams", settings.max_streams_per_connection),
+        ("grpc.max_connection_age_ms", int(MAX_CONNECTION_AGE_SECONDS * 1000)),
+        ("grpc.max_connection_age_grace_ms", int(settings.body_timeout * 1000)),
+        ("grpc.so_reuseport", 0),
+    ]
+
+
+def max_concurrent_rpcs(settings: Settings) -> int:
+    """Calls in progress per process (grpcio answers RESOURCE_EXHAUSTED beyond: Envoy denies):
+    with each call's body capped, this bounds the bytes buffered by the process."""
+    return max(1, settings.max_buffered_bytes // settings.max_message_bytes)
+
+
 def build_server(service: Service, settings: Settings) -> tuple[grpc.Server, int]:
     server = grpc.server(
         ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="check"),
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.so_reuseport", 0),
-        ],
+        options=grpcio_options(settings),
+        maximum_concurrent_rpcs=max_concurrent_rpcs(settings),
     )
     check = grpc.unary_unary_rpc_method_handler(service.handle_check)  # bytes in, bytes out
     server.add_generic_rpc_handlers(

@@ -6,8 +6,13 @@ bytes in, response bytes out); only the gRPC wire work differs, done here by han
 - HTTP/2 prior knowledge (h2c) only, ``content-type: application/grpc``; anything else is 415.
 - One length-prefixed message (flag byte 0, 4-byte big-endian length). A compressed message
   (flag 1: we announce no ``grpc-accept-encoding``), a truncated or trailing frame, or one larger
-  than ``MAX_MESSAGE_BYTES`` is answered with a deny CheckResponse (``malformed_check_request``)
+  than ``max_message_bytes`` is answered with a deny CheckResponse (``malformed_check_request``)
   rather than a gRPC error, so Envoy never has to apply its error policy.
+- Resource bounds (``serving/bounds.py``, docs/security.md): the message cap while reading, a
+  total body deadline, and budgets of unfinished body bytes per connection and per process; a
+  tripped bound answers a deny (``resource_limit``). h2corn enforces the same bounds a little
+  further out as a backstop (request body cap and idle timeout, streams per connection,
+  flow-control windows): it resets the stream.
 - ``grpc-timeout`` is honoured: a Check decided after its deadline is answered, audited and
   counted as a deny (``deadline_exceeded``: the core decides, ``CheckCore.answer``), so the record
   says what Envoy got (a 403, either this deny or its own ``status_on_error``); a late Health
@@ -30,11 +35,11 @@ from typing import Any
 
 from grpc_health.v1 import health_pb2
 
+from extauthz import reasons
 from extauthz.envoy.grpc import (
     CHECK_PATH,
     DEADLINE_EXCEEDED,
     INTERNAL,
-    MAX_MESSAGE_BYTES,
     NOT_FOUND,
     OK,
     UNIMPLEMENTED,
@@ -42,7 +47,7 @@ from extauthz.envoy.grpc import (
     parse_grpc_timeout,
     unframe,
 )
-from extauthz.serving import lifecycle
+from extauthz.serving import bounds, lifecycle
 from extauthz.serving.service import Service
 from extauthz.settings import Settings, parse_listen
 
@@ -51,6 +56,10 @@ log = logging.getLogger("extauthz.serving.h2corn")
 HEALTH_CHECK_PATH = "/grpc.health.v1.Health/Check"
 HEALTH_WATCH_PATH = "/grpc.health.v1.Health/Watch"
 WATCH_POLL_SECONDS = 0.5
+RESOURCE_EXHAUSTED = 8
+# h2corn's backstop bounds sit this far beyond the app's own (h2corn_bounds).
+BACKSTOP_SLACK_BYTES = 64 * 1024
+BACKSTOP_SLACK_SECONDS = 1.0
 
 Scope = dict[str, Any]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
@@ -68,9 +77,15 @@ _OK_TRAILERS = {"type": "http.response.trailers", "headers": [(b"grpc-status", b
 class GrpcApp:
     """The ASGI application: Authorization/Check and Health/Check over gRPC."""
 
-    def __init__(self, service: Service, max_message_bytes: int = MAX_MESSAGE_BYTES) -> None:
+    def __init__(self, service: Service, settings: Settings | None = None) -> None:
         self.service = service
-        self.max_message_bytes = max_message_bytes
+        s = settings if settings is not None else service.settings
+        self.max_message_bytes = s.max_message_bytes
+        self.limits = bounds.Limits(
+            max_body=5 + s.max_message_bytes,
+            timeout=s.body_timeout,
+            budget=bounds.Budget(s.max_buffered_bytes_per_connection, s.max_buffered_bytes),
+        )
 
     @property
     def draining(self) -> bool:
@@ -94,13 +109,13 @@ class GrpcApp:
         if scope["method"] != "POST" or not content_type.startswith(b"application/grpc"):
             await _plain(send, 415, b"gRPC only\n")
             return
-        body, too_large = await _read_body(receive, 5 + self.max_message_bytes)
+        body, refused = await bounds.read_body(receive, self.limits, bounds.connection_key(scope))
+        if refused == bounds.GONE:  # reset by the client (or by h2corn's backstop): no one to answer
+            return
         path = scope["path"]
         if path == CHECK_PATH:
-            if too_large:
-                answer = self.service.handle_malformed(
-                    f"gRPC message larger than {self.max_message_bytes} bytes"
-                )
+            if refused is not None:
+                answer = self._refused(refused)
             else:
                 message, problem = unframe(body, self.max_message_bytes)
                 if message is None:
@@ -108,6 +123,9 @@ class GrpcApp:
                 else:
                     deadline = start + timeout if timeout is not None else None
                     answer = self.service.handle_check(message, None, deadline)
+        elif refused is not None:
+            await _status_only(send, RESOURCE_EXHAUSTED, "request body refused: " + refused)
+            return
         elif path == HEALTH_CHECK_PATH:
             code, answer_or_none = self._health(body)
             if answer_or_none is None:
@@ -126,6 +144,16 @@ class GrpcApp:
         await send(_RESPONSE_START)
         await send({"type": "http.response.body", "body": frame(answer), "more_body": False})
         await send(_OK_TRAILERS)
+
+    def _refused(self, why: str) -> bytes:
+        """The deny for a Check whose body tripped a bound."""
+        if why == bounds.TOO_LARGE:
+            return self.service.handle_malformed(f"gRPC message larger than {self.max_message_bytes} bytes")
+        detail = {
+            bounds.TIMEOUT: f"request body not complete within {self.limits.timeout:g}s",
+            bounds.BUDGET: "too many request body bytes buffered (per connection or process)",
+        }[why]
+        return self.service.handle_malformed(detail, reasons.RESOURCE_LIMIT)
 
     async def _watch(self, body: bytes, receive: Receive, send: Send) -> None:
         """Health/Watch: the status now, then each change, until the client goes away or the
@@ -171,24 +199,6 @@ class GrpcApp:
         return OK, health_pb2.HealthCheckResponse(status=status).SerializeToString()
 
 
-async def _read_body(receive: Receive, limit: int) -> tuple[bytes, bool]:
-    """The request body, or (what was read, True) as soon as it exceeds ``limit`` bytes."""
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        msg = await receive()
-        if msg["type"] != "http.request":  # http.disconnect
-            return b"".join(chunks), False
-        chunk = msg.get("body", b"")
-        if chunk:
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > limit:
-                return b"", True
-        if not msg.get("more_body", False):
-            return b"".join(chunks), False
-
-
 async def _status_only(send: Send, code: int, message: str) -> None:
     await send(_RESPONSE_START)
     await send({"type": "http.response.body", "body": b"", "more_body": False})
@@ -221,6 +231,33 @@ async def _lifespan(receive: Receive, send: Send) -> None:
             return
 
 
+def h2corn_bounds(settings: Settings) -> dict[str, Any]:
+    """h2corn's own limits, set just outside the app's (``serving/bounds.py``) so that the app
+    answers a deny first and h2corn's stream reset is the backstop: streams per connection,
+    flow-control windows (what h2corn holds unread per stream and per connection), and for every
+    path a request body cap and idle timeout (gRPC requests have none unless a policy sets them)."""
+    from h2corn import RequestPolicy
+
+    # Both windows: one largest message. What h2corn holds unread is then at most one message per
+    # connection (bench/slow_streams.py: with 8 MiB windows, h2corn held ~4 MiB per connection
+    # of an attacker's streams that the app had not read yet).
+    window = min(max(settings.max_message_bytes + 5, 65_535), 2**31 - 1)
+    return {
+        "max_concurrent_streams": settings.max_streams_per_connection,
+        "limit_connections": settings.max_connections,
+        "h2_initial_stream_window_size": window,
+        "h2_initial_connection_window_size": window,
+        "request_policies": (
+            RequestPolicy(
+                path="/*",
+                max_request_body_size=settings.max_message_bytes + 5 + BACKSTOP_SLACK_BYTES,
+                timeout_request_body_idle=settings.body_timeout + BACKSTOP_SLACK_SECONDS,
+                h2_timeout_response_stall=max(10.0, settings.body_timeout),
+            ),
+        ),
+    }
+
+
 def serve_h2corn(service: Service, settings: Settings) -> int:
     """Serve until SIGTERM/SIGINT (graceful drain), SIGHUP reloads. Returns the exit code."""
     try:
@@ -238,8 +275,9 @@ def serve_h2corn(service: Service, settings: Settings) -> int:
         lifespan="off",
         runtime_threads=1,  # bench/README.md: one Tokio thread per worker process
         timeout_graceful_shutdown=settings.drain_seconds,
+        **h2corn_bounds(settings),
     )
-    app = GrpcApp(service)
+    app = GrpcApp(service, settings)
     server = Server(app, config)  # type: ignore[arg-type]
 
     async def main() -> None:

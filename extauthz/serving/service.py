@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from grpc_health.v1 import health
 
+from extauthz import reasons
 from extauthz.decision.audit import AuditLog
 from extauthz.decision.cache import DecisionCache
 from extauthz.decision.quarantine import Quarantine
@@ -166,11 +167,12 @@ class Service:
             log.exception("check handler failed; answering deny")
             return response.STATIC_DENY
 
-    def handle_malformed(self, error: str) -> bytes:
-        """A call whose gRPC framing was bad (transports that parse frames themselves): deny it,
-        count it and audit it like an undecodable CheckRequest. Never raises."""
+    def handle_malformed(self, error: str, reason: str = reasons.MALFORMED) -> bytes:
+        """A call whose gRPC framing was bad or whose body tripped a resource bound (transports
+        that parse frames themselves): deny it, count it and audit it like an undecodable
+        CheckRequest. Never raises."""
         try:
-            return self.core.answer_malformed(error)
+            return self.core.answer_malformed(error, reason)
         except Exception:
             log.exception("malformed-call handler failed; answering deny")
             return response.STATIC_DENY

@@ -297,3 +297,31 @@ def test_signature_stripped_or_swapped() -> None:
     h, _, s = honest.split(".")
     assert_invalid_token(f"{h}.{b64(json.dumps(claims()).encode())}.{s}")
     assert_invalid_token(jwt.encode(claims(), ATTACKER, algorithm="RS256", headers={"kid": "k1"}))
+
+
+@pytest.mark.parametrize("part", ["payload", "header", "claim"])
+def test_deeply_nested_json(part: str, caplog: pytest.LogCaptureFixture) -> None:
+    """JSON nested 2,000 deep (4 KB, under the 8 KiB token limit) made json.loads recurse past
+    Python's limit: RecursionError, a 403 internal_error with a traceback logged per request.
+    It is a bad token: 401 invalid_token, refused by a linear depth scan, no traceback.
+
+    Source: issue 13; CVE-2024-6221-style parser-depth DoS (RFC 8259 s9: implementations may
+    limit nesting depth).
+    """
+    deep = "[" * 2000 + "]" * 2000
+    if part == "payload":
+        token = resign('{"alg":"RS256","kid":"k1"}', deep)
+    elif part == "header":
+        token = resign('{"alg":"RS256","kid":"k1","x":' + deep + "}", json.dumps(claims()))
+    else:
+        token = resign('{"alg":"RS256","kid":"k1"}', json.dumps(claims())[:-1] + ',"x":' + deep + "}")
+    with caplog.at_level("DEBUG"):
+        assert_invalid_token(token)
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+
+
+def test_nesting_within_the_bound_is_an_honest_token() -> None:
+    nested: Any = "v"
+    for _ in range(15):  # 30 levels, inside the payload object: 31 <= MAX_JSON_DEPTH (32)
+        nested = {"k": [nested]}
+    assert _check({"authorization": f"Bearer {mint(claims(extra=nested))}"})[0] == 200

@@ -14,6 +14,7 @@ from extauthz.decision.audit import AuditLog, StreamSink
 from extauthz.decision.cache import DecisionCache
 from extauthz.decision.decision import Decision
 from extauthz.decision.quarantine import Quarantine
+from extauthz.identity.resolver import IdentityContext
 from extauthz.metrics import Metrics
 from extauthz.pipeline import CheckCore
 from extauthz.policy import compile_policies, load_text
@@ -111,3 +112,35 @@ def test_tracking_memory_is_bounded(clock: Clock) -> None:
     for i in range(100):
         q.record_deny(("address", f"10.0.0.{i}"))
     assert len(q._denies) == 5
+
+
+def test_behind_a_trusted_proxy_the_client_is_quarantined_not_the_proxy(clock: Clock) -> None:
+    """Two clients behind one trusted proxy (10.0.0.0/24, it sends x-forwarded-client-cert):
+    the noisy one is quarantined, the other is still allowed. The quarantine was keyed on the
+    direct peer (the proxy), which put every client behind it in quarantine (issue 13)."""
+    q = Quarantine(max_denies=3, window=10, duration=60, clock=clock)
+    core = CheckCore(
+        lambda: ENGINE, identity=IdentityContext(trusted_proxies=["10.0.0.0/24"]), quarantine=q
+    )
+    proxy = {"principal": "spiffe://example.org/ns/edge/sa/gateway", "source_address": "10.0.0.5"}
+
+    def via_proxy(client: str, path: str) -> Decision:
+        headers = {"x-tenant": "acme", "x-forwarded-client-cert": f"By={proxy['principal']};URI={client}"}
+        return core.check(check_request(path=path, headers=headers, **proxy).SerializeToString())[2]
+
+    noisy = "spiffe://example.org/ns/shop/sa/noisy"
+    good = "spiffe://example.org/ns/shop/sa/frontend"
+    for _ in range(4):
+        assert via_proxy(noisy, "/api/admin").reason == "denied_by_policy"
+    assert via_proxy(noisy, "/api/items").reason == "quarantined"
+    ok = via_proxy(good, "/api/items")
+    assert ok.allowed, ok
+    assert ok.identity.principal == "example.org/ns/shop/sa/frontend"
+    # A peer that is not a trusted proxy cannot pick its quarantine key with the header.
+    direct = check_request(
+        path="/api/items",
+        headers={"x-tenant": "acme", "x-forwarded-client-cert": f"URI={good}"},
+        principal=noisy,
+        source_address="192.0.2.9",
+    )
+    assert core.check(direct.SerializeToString())[2].reason == "quarantined"

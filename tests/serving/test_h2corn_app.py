@@ -71,8 +71,8 @@ def app(tmp_path: Path) -> GrpcApp:
     store = PolicyStore(policies)
     store.load()
     audit = AuditLog.open(str(tmp_path / "audit.log"))
-    service = Service(Settings(policies=str(policies)), store, audit)
-    application = GrpcApp(service, max_message_bytes=64 * 1024)
+    service = Service(Settings(policies=str(policies), max_message_bytes=64 * 1024), store, audit)
+    application = GrpcApp(service)
     application.audit_path = tmp_path / "audit.log"  # type: ignore[attr-defined]
     return application
 
@@ -273,3 +273,49 @@ def test_lifespan_is_acknowledged(app: GrpcApp) -> None:
 
     asyncio.run(app({"type": "lifespan"}, receive, send))
     assert [e["type"] for e in sent] == ["lifespan.startup.complete", "lifespan.shutdown.complete"]
+
+
+def test_body_over_the_connection_budget_is_denied_and_counted(tmp_path: Path) -> None:
+    """ASGI level: a body that arrives in pieces beyond the per-connection budget is a deny with
+    reason resource_limit, counted in extauthz_bad_requests_total{kind="resource_limit"}."""
+    from prometheus_client import generate_latest
+
+    from extauthz.metrics import Metrics
+
+    policies = write_policies(tmp_path / "policies", {"p.yaml": POLICY})
+    store = PolicyStore(policies)
+    store.load()
+    settings = Settings(
+        policies=str(policies),
+        max_message_bytes=16 * 1024,
+        max_buffered_bytes_per_connection=16 * 1024 + 5,
+        max_buffered_bytes=64 * 1024,
+    )
+    service = Service(settings, store, AuditLog.open(str(tmp_path / "audit.log")))
+    metrics = Metrics()
+    service.core.metrics = metrics
+    application = GrpcApp(service)
+    held = application.limits.budget
+    held.take(("127.0.0.1", 5555), 16 * 1024)  # another stream of this connection holds 16 KiB
+    body = frame(req())
+    scope = {"type": "http", "method": "POST", "path": CHECK_PATH, "http_version": "2",
+             "headers": [(b"content-type", b"application/grpc")], "client": ("127.0.0.1", 5555)}
+    incoming = [{"type": "http.request", "body": body[:10], "more_body": True},
+                {"type": "http.request", "body": body[10:], "more_body": False}]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return incoming.pop(0)
+
+    async def send(event: dict[str, Any]) -> None:
+        sent.append(event)
+
+    asyncio.run(application(scope, receive, send))
+    resp = Call(sent).check_response()
+    assert resp.denied_response.status.code == 403
+    assert held.total == 16 * 1024  # the refused stream released what it held
+    text = generate_latest(metrics.registry).decode()
+    assert 'extauthz_bad_requests_total{kind="resource_limit"} 1.0' in text
+    service.audit.close()
+    [record] = [json.loads(x) for x in (tmp_path / "audit.log").read_text().splitlines()]
+    assert record["reason"] == "resource_limit"
