@@ -266,7 +266,7 @@ def test_claim_paths_share_a_tree_and_overlong_values_are_marked_not_cut() -> No
     assert tree == {"a": {"b": ["1", "3"], "c": "scalar"}, "n": 7, "s": "str"}
     assert inp["unrecorded"]["request.auth.claims[big]"] == "longer than the audit log keeps"
     _, identity, _ = input_of(inp)
-    from extauthz.policy.engine import claim_values
+    from extauthz.policy.attributes import claim_values
 
     assert identity is not None and identity.token is not None
     for path in plan.claims:
