@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import sys
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,6 +94,11 @@ class Entry:
     before: Outcome
     after: Outcome | None = None
     why: str | None = None
+    seq: int = 0  # with ``time``, the order of the listing
+
+    @property
+    def order(self) -> tuple[str, int]:
+        return (self.time, self.seq)
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"decision_id": self.decision_id, "time": self.time,
@@ -122,6 +127,10 @@ class Report:
     def flipped(self) -> int:
         return len(self.allow_to_deny) + len(self.deny_to_allow)
 
+    def flips(self) -> list[Entry]:
+        """Every flipped decision, oldest first."""
+        return sorted(self.allow_to_deny + self.deny_to_allow, key=lambda e: e.order)
+
     def why_counts(self) -> list[tuple[str, int]]:
         return Counter(e.why or "" for e in self.undecidable).most_common()
 
@@ -139,9 +148,8 @@ class Report:
             "deny_to_allow": len(self.deny_to_allow),
             "cannot_decide": len(self.undecidable),
             "cannot_decide_why": dict(self.why_counts()),
-            "flipped": [e.as_dict() for e in sorted(self.allow_to_deny + self.deny_to_allow,
-                                                     key=lambda e: e.time)],
-            "undecided": [e.as_dict() for e in self.undecidable],
+            "flipped": [e.as_dict() for e in self.flips()],
+            "undecided": [e.as_dict() for e in sorted(self.undecidable, key=lambda e: e.order)],
         }
 
     def text(self) -> str:
@@ -157,7 +165,7 @@ class Report:
         ]
         lines += [f"    {n:6d}  {why}" for why, n in self.why_counts()]
         lines += [f"  unreadable: {e}" for e in self.errors[:20]]
-        flips = sorted(self.allow_to_deny + self.deny_to_allow, key=lambda e: e.time)
+        flips = self.flips()
         if flips:
             lines.append("flipped:")
         for e in flips:
@@ -170,11 +178,12 @@ class Report:
 # ----------------------------------------------------------------------------- reading logs
 
 
-def read_records(paths: Sequence[str | Path], report: Report) -> list[dict[str, Any]]:
-    """Every decision record of ``paths`` (rotated siblings in any order), oldest first by
-    ``time`` then ``seq``; events and unreadable lines are counted in ``report``."""
-    found: dict[str, tuple[tuple[str, int, int, int], dict[str, Any]]] = {}
-    for n, path in enumerate(paths):
+def read_records(paths: Sequence[str | Path], report: Report) -> Iterator[dict[str, Any]]:
+    """Every decision record of ``paths``, file by file (one pass: a day's log is never held in
+    memory; the report orders what it lists by ``time`` and ``seq``). Events, unreadable lines
+    and decision ids seen before (a file given twice) are counted in ``report``."""
+    seen: set[str] = set()
+    for path in paths:
         try:
             f = open(path, "rb")  # noqa: SIM115 - closed below
         except OSError as exc:
@@ -183,30 +192,27 @@ def read_records(paths: Sequence[str | Path], report: Report) -> list[dict[str, 
             for lineno, raw in enumerate(f, 1):
                 if not raw.strip():
                     continue
-                where = f"{path}:{lineno}"
                 try:
                     rec = json.loads(raw)
                 except ValueError:
                     torn = "a torn line (no newline)" if not raw.endswith(b"\n") else "not JSON"
-                    report.errors.append(f"{where}: {torn}")
+                    report.errors.append(f"{path}:{lineno}: {torn}")
                     continue
                 if not isinstance(rec, dict):
-                    report.errors.append(f"{where}: not a JSON object")
+                    report.errors.append(f"{path}:{lineno}: not a JSON object")
                     continue
                 decision_id = rec.get("decision_id")
                 if not isinstance(decision_id, str) or not decision_id:
                     if isinstance(rec.get("event"), str):
                         report.events += 1
                     else:
-                        report.errors.append(f"{where}: {NOT_DECISION}")
+                        report.errors.append(f"{path}:{lineno}: {NOT_DECISION}")
                     continue
-                if decision_id in found:
+                if decision_id in seen:
                     report.duplicates += 1
                     continue
-                seq = rec.get("seq")
-                key = (str(rec.get("time") or ""), seq if isinstance(seq, int) else 0, n, lineno)
-                found[decision_id] = (key, rec)
-    return [rec for _, rec in sorted(found.values(), key=lambda kv: kv[0])]
+                seen.add(decision_id)
+                yield rec
 
 
 # ----------------------------------------------------------------------------- deciding again
@@ -288,6 +294,7 @@ def replay(engine: Engine, records: Iterable[Mapping[str, Any]], report: Report)
             if (after.policy, after.rule) != (before.policy, before.rule):
                 report.other_policy += 1
             continue
+        seq = rec.get("seq")
         entry = Entry(
             str(rec.get("decision_id")),
             str(rec.get("time") or ""),
@@ -295,6 +302,7 @@ def replay(engine: Engine, records: Iterable[Mapping[str, Any]], report: Report)
             before,
             after if isinstance(after, Outcome) else None,
             after if isinstance(after, str) else None,
+            seq if isinstance(seq, int) else 0,
         )
         if entry.after is None:
             report.undecidable.append(entry)
@@ -309,13 +317,13 @@ def replay_files(engine: Engine, paths: Sequence[str | Path]) -> Report:
     """Read ``paths`` and replay them; ``ReplayError`` when a file cannot be read or no
     decision record was found."""
     report = Report([str(p) for p in paths])
-    records = read_records(paths, report)
-    if not records:
+    replay(engine, read_records(paths, report), report)
+    if not report.decisions:
         raise ReplayError(
             "no decision records in " + ", ".join(report.files)
             + (f" ({len(report.errors)} unreadable line(s))" if report.errors else "")
         )
-    return replay(engine, records, report)
+    return report
 
 
 def run_replay(
