@@ -67,7 +67,7 @@ def compile_rule(spec: JwtRuleSpec, where: str, bundles: BundleSet, jwks: JwksRe
     """One ``jwtRules[]`` entry (as the loader typed it) -> the rule tokens are validated against."""
     issuer = spec.issuer
     svid_td: str | None = None
-    if issuer.lower().startswith("spiffe://"):
+    if issuer.startswith("spiffe://"):
         try:
             sid = parse_spiffe_id(issuer)
             svid_td = sid.trust_domain if not sid.path else None

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from extauthz import reasons
 from extauthz.envoy.request import RequestView
 from extauthz.identity.model import Identity, try_parse_spiffe_id
-from extauthz.identity.svid import SvidError, SvidVerifier, VerifiedSvid
+from extauthz.identity.svid import InvalidSanId, SvidError, SvidVerifier, VerifiedSvid
 from extauthz.identity.xfcc import HEADER as XFCC_HEADER
 from extauthz.identity.xfcc import TrustedProxies, XfccError, last_element
 from extauthz.policy.model import UNSET, PeerAuthentication
@@ -60,6 +60,8 @@ def establish_peer(req: RequestView, trusted: TrustedProxies, verifier: SvidVeri
     if certificate:
         try:
             cert = verifier.verify_field(certificate)
+        except InvalidSanId as exc:  # SPIFFE://..., spiffe://Td/...: an invalid identity
+            raise PeerError(reasons.INVALID_PEER, str(exc)) from exc
         except SvidError as exc:
             raise PeerError(reasons.INVALID_CERT, str(exc)) from exc
         verified = cert if cert.verified else None

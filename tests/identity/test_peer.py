@@ -84,7 +84,6 @@ def test_svid_via_intermediate_in_bundle() -> None:
         (issue_svid(CA, FRONTEND, key_cert_sign=True), "keyUsage"),
         (issue_svid(CA, FRONTEND, eku=[ExtendedKeyUsageOID.SERVER_AUTH]), "extendedKeyUsage"),
         (issue_svid(CA, "spiffe://example.org", common_name="x"), "path"),
-        (issue_svid(CA, "spiffe://example.org/ns/../sa/x"), "SPIFFE ID"),
     ],
 )
 def test_bad_certificates_denied(issued: Issued, needle: str) -> None:
@@ -93,6 +92,34 @@ def test_bad_certificates_denied(issued: Issued, needle: str) -> None:
     res = _peer(issued, principal=principal)
     assert res.status == 403 and res.reason == "invalid_peer_certificate", res
     assert needle in (res.error or "")
+
+
+# A URI SAN that is not a valid SPIFFE ID (the SPIFFE ID standard and go-spiffe require the scheme
+# exactly "spiffe://"): an invalid identity, never an alias of the workload it resembles.
+BAD_IDS = (
+    "SPIFFE://example.org/ns/shop/sa/frontend",
+    "Spiffe://example.org/ns/shop/sa/frontend",
+    "spiffe://example.org/ns/../sa/x",
+)
+
+
+@pytest.mark.parametrize("bad_id", BAD_IDS)
+def test_invalid_spiffe_id_is_an_invalid_identity(bad_id: str) -> None:
+    # As Envoy's source.principal (no certificate forwarded).
+    res = resolve(resolver("", bundles_of(CA)), principal=bad_id)
+    assert res.status == 403 and res.reason == "invalid_peer_identity", res
+    # As the certificate's URI SAN, with or without Envoy's principal, with or without a bundle.
+    cert = issue_svid(CA, bad_id)
+    for principal in (bad_id, ""):
+        for bundles in (bundles_of(CA), BundleSet()):
+            res = resolve(resolver("", bundles), principal=principal, certificate=cert_field(cert))
+            assert res.status == 403 and res.reason == "invalid_peer_identity", (principal, res)
+    # From a trusted proxy's XFCC element: URI, and Cert alone.
+    r = resolver("", bundles_of(CA), trusted=("10.0.0.0/24",))
+    proxy = "spiffe://example.org/ns/edge/sa/gateway"
+    for header in (_xfcc(bad_id), _xfcc(bad_id, cert), f'Cert="{cert_field(cert)}"'):
+        res = resolve(r, principal=proxy, headers={"x-forwarded-client-cert": header})
+        assert res.status == 403 and res.reason == "invalid_peer_identity", (header, res)
 
 
 def test_ca_certificate_as_leaf_denied() -> None:
