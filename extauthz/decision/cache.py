@@ -20,8 +20,9 @@ Values longer than ``DIGEST_OVER`` characters (certificates, tokens) are replace
 ``(DIGEST, sha256)``: a tuple, so never equal to a plain string value.
 
 An entry expires at the earliest of: ``ttl`` after it was stored, the token's ``exp``, the peer
-certificate's ``notAfter``. Only allows and policy denies are stored; errors, malformed and
-non-canonical requests, missing or invalid credentials (401) are decided again every time.
+certificate's ``notAfter``. Only allows, policy denies and the 401 of a missing token
+(``reasons.CACHEABLE``) are stored; errors, malformed and non-canonical requests, invalid
+credentials are decided again every time.
 
 ``bundle_generation`` is the hook for trust material: a callable returning a number that grows
 with every change of trust bundles or JWKS (``IdentityContext.trust_generation``); every entry
