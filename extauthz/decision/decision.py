@@ -38,6 +38,7 @@ class Decision:
     cache: str = "miss"
     remove_headers: tuple[str, ...] = ()  # request headers stripped on allow (XFCC, the token)
     challenge: str | None = None  # WWW-Authenticate of a 401
+    remove_query_params: tuple[str, ...] = ()  # query parameters removed on allow (the token)
     input: dict[str, Any] | None = None  # what the policies read (decision/inputs.py); shared
 
 
@@ -150,6 +151,7 @@ def decide(
         dry_run=verdict.dry_run,
         headers=who.headers if verdict.allowed else (),
         remove_headers=who.remove,
+        remove_query_params=who.remove_params,
         input=recorded,
     )
 

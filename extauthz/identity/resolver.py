@@ -50,6 +50,7 @@ class Resolution:
     challenge: str | None = None  # WWW-Authenticate value of a 401
     headers: tuple[tuple[str, str], ...] = ()  # set upstream on allow
     remove: tuple[str, ...] = ()  # removed upstream on allow (unless set)
+    remove_params: tuple[str, ...] = ()  # query parameters removed upstream on allow (a token)
     # No token, though a RequestAuthentication applies: when the policies deny, the answer is 401
     # (ask for credentials) if some valid token could make them allow (``token_could_allow``).
     token_missing: bool = False
@@ -176,9 +177,15 @@ class IdentityResolver:
             value = claim_header_value(token.claims, ch.claim)
             if value is not None:
                 headers.append((ch.header, value))
-        if not rule.forward_original_token and location.kind == "header":
-            remove = (*remove, location.name)
-        return Resolution(identity, headers=tuple(headers), remove=remove)
+        params: tuple[str, ...] = ()
+        if not rule.forward_original_token:
+            # Istio removes a header token; Envoy's jwt_authn leaves a query token in the URL,
+            # where access logs keep it: extauthz removes that too (query_parameters_to_remove).
+            if location.kind == "header":
+                remove = (*remove, location.name)
+            elif location.kind == "param":
+                params = (location.name,)
+        return Resolution(identity, headers=tuple(headers), remove=remove, remove_params=params)
 
     def token_could_allow(self, engine: Engine, req: RequestView, identity: Identity) -> bool:
         """Whether some token valid for a RequestAuthentication applicable to ``req`` would make
