@@ -14,25 +14,30 @@ request's token. 401 when one of them is allowed.
 Sound by construction: every candidate is a token some in-scope rule would accept (its issuer,
 one of its audiences, a SPIFFE ``sub`` for JWT-SVIDs, the peer as ``sub`` when tokens are bound to
 the peer), and the engine itself, DENY policies included, says that it is allowed. So 401 is
-never answered where no token could help. The search is bounded (``MAX_CANDIDATES`` evaluations):
-a contrived policy set may make it miss a token that would help, and the answer is then 403.
+never answered where no token could help. The search is bounded (``MAX_TRIED`` candidates, of
+which at most ``MAX_CANDIDATES`` are decided by the whole engine: a candidate made for one ALLOW
+rule is first tried on that rule alone): a contrived policy set may make it miss a token that
+would help, and the answer is then 403.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
 from extauthz.envoy.request import RequestView
 from extauthz.identity.model import Identity, Token, try_parse_spiffe_id
+from extauthz.policy.attributes import Context
+from extauthz.policy.compile import CompiledRule
 from extauthz.policy.engine import Engine
 from extauthz.policy.model import ALLOW, DENY, JwtRuleSpec, PolicySet, Rule
 from extauthz.policy.scope import Scope
 
-MAX_CANDIDATES = 32
+MAX_CANDIDATES = 8  # whole-engine evaluations per search
+MAX_TRIED = 64  # candidate tokens per search (most fail one rule's check: microseconds)
 FILLER = "x"  # a value for an attribute no policy constrains
 
 
@@ -58,6 +63,7 @@ class _Target:
     """What one ALLOW rule (one ``from`` alternative) asks of a token; empty: nothing."""
 
     principals: tuple[str, ...] = ()  # patterns, as written (iss/sub)
+    rule: tuple[int, int] | None = None  # (policy load order, rule index) of the ALLOW rule
     audiences: list[str] = field(default_factory=list)
     presenters: list[str] = field(default_factory=list)
     claims: dict[tuple[str, ...], list[str]] = field(default_factory=dict)
@@ -95,7 +101,7 @@ def _claim_path(key: str) -> tuple[str, ...]:
     return tuple(key[len("request.auth.claims[") : -1].split("]["))
 
 
-def _targets(rule: Rule) -> Iterator[_Target]:
+def _targets(rule: Rule, key: tuple[int, int]) -> Iterator[_Target]:
     base = _Target()
     for c in rule.conditions:
         examples = [_example(v) for v in c.values]
@@ -110,6 +116,7 @@ def _targets(rule: Rule) -> Iterator[_Target]:
     for src in rule.sources or (None,):
         wanted = src.request_principals if src is not None else ()
         yield _Target(
+            rule=key,
             principals=wanted or base.principals,
             audiences=base.audiences,
             presenters=base.presenters,
@@ -193,17 +200,22 @@ class TokenWants:
             for ra in policies.request_authentication
             if ra.jwt_rules
         )
-        live = [(Scope.of(p, root), p) for p in policies.authorization if not p.dry_run]
+        live = [
+            (n, Scope.of(p, root), p) for n, p in enumerate(policies.authorization) if not p.dry_run
+        ]
         self._allow = tuple(
             (scope, targets)
-            for scope, p in live
+            for n, scope, p in live
             if p.action == ALLOW
-            for targets in (tuple(t for r in p.rules if _reads_token(r) for t in _targets(r)),)
+            for targets in (
+                tuple(t for i, r in enumerate(p.rules) if _reads_token(r) for t in _targets(r, (n, i))),
+            )
             if targets
         )
+        self._compiled: tuple[Engine, dict[tuple[int, int], CompiledRule]] | None = None
         self._escapes = tuple(
             (scope, escapes)
-            for scope, p in live
+            for _, scope, p in live
             if p.action == DENY
             for escapes in (tuple(dict.fromkeys(e for r in p.rules for e in _escapes(r))),)
             if escapes
@@ -213,30 +225,50 @@ class TokenWants:
         """The ``jwtRules`` of the RequestAuthentications applicable to ``req``."""
         return tuple(i for scope, issuers in self._issuers if scope.applies_to(req) for i in issuers)
 
-    def candidates(self, req: RequestView, *, bound_subject: str | None = None) -> Iterator[Token]:
+    def allow_rules(self, engine: Engine) -> dict[tuple[int, int], CompiledRule]:
+        """``engine``'s compiled ALLOW rules by (policy load order, rule index)."""
+        compiled = self._compiled
+        if compiled is None or compiled[0] is not engine:
+            rules = {(cp.order, cr.index): cr for cp in engine.allow for cr in cp.rules}
+            self._compiled = compiled = (engine, rules)
+        return compiled[1]
+
+    def candidates(
+        self,
+        req: RequestView,
+        *,
+        bound_subject: str | None = None,
+        keep: Callable[[tuple[int, int]], bool] = lambda rule: True,
+    ) -> Iterator[tuple[Token, tuple[int, int] | None]]:
         """Tokens valid for an applicable ``jwtRules`` entry that the policies applicable to
         ``req`` care about: first one that satisfies nothing in particular (and, for each DENY
         that lets some principals through, one with such a principal), then one per ALLOW rule
-        that reads the token."""
+        that reads the token (with that rule's key), if ``keep(rule key)``."""
         rules = self.issuers(req)
         escapes = tuple(
             dict.fromkeys(e for scope, es in self._escapes if scope.applies_to(req) for e in es)
         )
         targets = itertools.chain(
             (_Target(),),
-            (t for scope, ts in self._allow if scope.applies_to(req) for t in ts),
+            (
+                t
+                for scope, ts in self._allow
+                if scope.applies_to(req)
+                for t in ts
+                if t.rule is not None and keep(t.rule)
+            ),
         )
-        seen: set[tuple[str, str, str]] = set()
+        seen: set[tuple[str, str, tuple[int, int] | None]] = set()
         for target in targets:
             for rule in rules:
                 for subject in _subjects(rule, target, escapes, bound_subject):
                     token = _token(rule, subject, target)
                     if token is None:
                         continue
-                    key = (rule.issuer, subject, repr(sorted(token.claims.items())))
+                    key = (rule.issuer, subject, target.rule)
                     if key not in seen:
                         seen.add(key)
-                        yield token
+                        yield token, target.rule
 
 
 _last: tuple[PolicySet, TokenWants] | None = None
@@ -265,11 +297,32 @@ def some_token_allows(
     ``engine`` allow it. ``wants`` is built from ``engine``'s policy set; ``bound_subject``:
     tokens must carry this ``sub`` (``bind_token_to_peer``).
     """
-    tokens = wants.candidates(req, bound_subject=bound_subject)
-    for n, token in enumerate(tokens):
-        if n >= MAX_CANDIDATES:
+    allow_rules = wants.allow_rules(engine)
+    here = Context(req, identity)
+
+    def may_match(key: tuple[int, int]) -> bool:
+        """The rule's parts that read no token (selector, ``to``) hold for this request."""
+        rule = allow_rules.get(key)
+        if rule is None:
             return False
+        sel = rule.policy.selector_test
+        if sel is not None and not sel(here):
+            return False
+        return not rule.operations or any(all(c.test(here) for c in g) for g in rule.operations)
+
+    evaluated = 0
+    tokens = wants.candidates(req, bound_subject=bound_subject, keep=may_match)
+    for token, rule_key in itertools.islice(tokens, MAX_TRIED):
         who = Identity(identity.peer, identity.peer_verified, identity.peer_not_after, token)
+        if rule_key is not None:
+            # A token made for one ALLOW rule: try that rule alone first (cheap), the whole
+            # engine (DENY policies first) only when it matches.
+            rule = allow_rules.get(rule_key)
+            if rule is None or not rule.match(Context(req, who)):
+                continue
         if engine.evaluate(req, who).allowed:
             return True
+        evaluated += 1
+        if evaluated >= MAX_CANDIDATES:
+            return False
     return False
