@@ -131,7 +131,7 @@ class Supervisor:
         """Re-seal the workers' records into the one hash chain of ``--audit-log``.
 
         Each worker chains its own pipe; interleaved, those chains would not verify, so the
-        supervisor drops the workers' chain members and seals every record again (audit.py).
+        supervisor drops the workers' chain members and seals every record again (decision/audit).
         """
         for line in data.splitlines():
             if not line.strip():

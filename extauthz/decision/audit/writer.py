@@ -1,0 +1,190 @@
+"""AuditLog: a bounded queue in front of a writer thread that seals and writes records."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from extauthz.decision.audit.chain import ChainState, Hasher, seal
+from extauthz.decision.audit.record import rfc3339_now
+from extauthz.decision.audit.sinks import FileSink, Sink, StreamSink
+
+log = logging.getLogger("extauthz.decision.audit")
+
+OVERFLOW_DROP_ALLOWED = "drop-allowed"
+OVERFLOW_DENY = "deny"
+OVERFLOW_MODES = (OVERFLOW_DROP_ALLOWED, OVERFLOW_DENY)
+_BATCH = 512
+_LINGER = 0.002  # seconds the writer waits for more records before writing a batch
+
+
+class AuditLog:
+    """A bounded queue in front of a writer thread that seals and writes records.
+
+    ``emit`` never blocks. When ``capacity`` records wait already (the writer fell behind) or the
+    last write failed, an allowed-decision record is refused: counted in ``lost_allowed``, and
+    with ``overflow="deny"`` the caller turns the decision into a deny. Denied-decision records
+    (and the service's own events) may still use ``reserve`` more places; past that they are
+    counted in ``lost_denied``. Every loss is logged and, once writing works again, written into
+    the log itself as an ``audit_records_lost`` event.
+    """
+
+    def __init__(
+        self,
+        sink: Sink,
+        *,
+        capacity: int = 65536,
+        reserve: int | None = None,
+        overflow: str = OVERFLOW_DROP_ALLOWED,
+        hasher: Hasher | None = None,
+    ) -> None:
+        if overflow not in OVERFLOW_MODES:
+            raise ValueError(f"audit overflow must be one of {OVERFLOW_MODES}")
+        self.sink = sink
+        self.capacity = capacity
+        self.reserve = max(1, capacity // 8) if reserve is None else reserve
+        self.overflow = overflow
+        self.hasher = hasher or Hasher()
+        self.state = sink.initial_state(self.hasher)
+        self.written = 0
+        self.lost_allowed = 0
+        self.lost_denied = 0
+        self.write_errors = 0
+        self.failing = False
+        self._unreported = [0, 0]  # losses not yet written into the log: allowed, denied
+        self._q: deque[dict[str, Any]] = deque()
+        self._cond = threading.Condition()
+        self._closing = False
+        self._idle = False
+        self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def open(
+        cls,
+        path: str,
+        *,
+        capacity: int = 65536,
+        max_bytes: int = 0,
+        backups: int = 5,
+        overflow: str = OVERFLOW_DROP_ALLOWED,
+        hmac_key_file: str | None = None,
+    ) -> AuditLog:
+        hasher = Hasher.from_key_file(hmac_key_file)
+        sink: Sink = (
+            StreamSink(sys.stdout)
+            if path == "-"
+            else FileSink(path, max_bytes=max_bytes, backups=backups)
+        )
+        return cls(sink, capacity=capacity, overflow=overflow, hasher=hasher)
+
+    @property
+    def lost(self) -> int:
+        return self.lost_allowed + self.lost_denied
+
+    @property
+    def depth(self) -> int:
+        return len(self._q)
+
+    def emit(self, record: dict[str, Any]) -> bool:
+        """Queue ``record``; False when it was refused (and counted as lost)."""
+        allowed = record.get("allowed") is True
+        with self._cond:
+            n = len(self._q)
+            if self._closing:  # nobody will write it any more
+                self._count_loss(allowed, 1)
+                return False
+            if (self.failing or n >= self.capacity) and (
+                allowed or n >= self.capacity + self.reserve
+            ):
+                self._count_loss(allowed, 1)
+                return False
+            self._q.append(record)
+            if self._idle:
+                self._cond.notify()
+        return True
+
+    def _count_loss(self, allowed: bool, n: int) -> None:
+        if allowed:
+            self.lost_allowed += n
+            self._unreported[0] += n
+        else:
+            self.lost_denied += n
+            self._unreported[1] += n
+        total = self.lost
+        if total <= n or total // 1000 != (total - n) // 1000:
+            log.warning(
+                "audit records lost: %d of allowed decisions, %d of denied ones so far",
+                self.lost_allowed,
+                self.lost_denied,
+            )
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._idle = True
+                while not self._q and not self._closing:
+                    self._cond.wait()
+                self._idle = False
+            if len(self._q) < _BATCH and not self._closing:
+                time.sleep(_LINGER)  # let a batch build up: far fewer wake-ups under load
+            with self._cond:
+                batch = [self._q.popleft() for _ in range(min(_BATCH, len(self._q)))]
+                done = self._closing and not self._q
+            if batch:
+                self._write(batch)
+            if done:
+                return
+
+    def _write(self, batch: list[dict[str, Any]]) -> None:
+        with self._cond:
+            a, d = self._unreported
+            self._unreported = [0, 0]
+        records = batch
+        if a or d:  # say in the log itself that records are missing before these
+            loss = {"time": rfc3339_now(), "event": "audit_records_lost", "allowed": a, "denied": d}
+            records = [loss, *batch]
+        saved = ChainState(self.state.seq, self.state.last_hash)
+        try:
+            self.sink.write([seal(r, self.state, self.hasher) for r in records])
+        except (OSError, ValueError) as exc:
+            self.state = saved  # the chain continues from what is on disk
+            self.write_errors += 1
+            with self._cond:
+                self.failing = True
+                self._unreported[0] += a
+                self._unreported[1] += d
+                for allowed in (True, False):
+                    n = sum(1 for r in batch if (r.get("allowed") is True) is allowed)
+                    if n:
+                        self._count_loss(allowed, n)
+            log.error("audit write failed, %d records lost: %s", len(batch), exc)
+            if isinstance(self.sink, FileSink):
+                self.sink.fail()
+            return
+        self.written += len(records)
+        if self.failing:
+            with self._cond:
+                self.failing = False
+            log.warning("audit writing works again")
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until everything queued so far is written (or lost); False on timeout."""
+        deadline = time.monotonic() + timeout
+        while self._q or not self._idle:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                return False
+            time.sleep(0.001)
+        return True
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Write everything queued, then stop the writer."""
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        self._thread.join(timeout)
+        self.sink.close()
