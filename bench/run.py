@@ -7,6 +7,7 @@
     python bench/run.py stacks  # how the gRPC stack was chosen (grpcio variants, ASGI servers)
     python bench/run.py profile # py-spy profile of the service under h2load
     python bench/run.py hotpath # CheckCore.answer in process: CPU per check, step by step
+    python bench/run.py audit   # the audit writer alone, in process: records/s (audit_cost.py)
     python bench/run.py all     # grpc, envoy, scale, rules (and stacks), one after the other
 
 Options after the command go to it (``python bench/run.py grpc --seconds 10 --open-loop``).
@@ -34,6 +35,7 @@ COMMANDS = {
     "stacks": "bench_stacks",
     "profile": "bench_profile",
     "hotpath": "hotpath",
+    "audit": "audit_cost",
 }
 
 

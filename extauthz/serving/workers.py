@@ -36,6 +36,7 @@ from dataclasses import asdict, replace
 from typing import IO
 
 from extauthz.decision.audit import AuditLog
+from extauthz.decision.audit.chain import unsealed_body
 from extauthz.serving import lifecycle
 from extauthz.serving.service import open_audit_log, open_policy_store
 from extauthz.settings import Settings, worker_listen
@@ -128,21 +129,7 @@ class Supervisor:
         pipe.close()
 
     def _write(self, data: bytes) -> None:
-        """Re-seal the workers' records into the one hash chain of ``--audit-log``.
-
-        Each worker chains its own pipe; interleaved, those chains would not verify, so the
-        supervisor drops the workers' chain members and seals every record again (decision/audit).
-        """
-        for line in data.splitlines():
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                if not isinstance(record, dict):
-                    raise ValueError("not a JSON object")
-            except ValueError:
-                record = {"event": "audit_line_unreadable", "bytes": len(line)}
-            self.audit.emit(record)
+        reseal_lines(self.audit, data)
 
     def _signal_all(self, signum: int) -> None:
         for w in self.workers:
@@ -202,6 +189,32 @@ class Supervisor:
                 w.proc.wait(5)
             if w.pump is not None:
                 w.pump.join(5)
+
+
+PUMP_WAIT = 2.0  # seconds a worker line waits for room in the supervisor's queue
+
+
+def reseal_lines(audit: AuditLog, data: bytes) -> None:
+    """Re-seal workers' records into the one hash chain of ``--audit-log``.
+
+    Each worker chains its own pipe; interleaved, those chains would not verify, so the
+    supervisor cuts the workers' chain members off each line (no JSON parsing: they are the
+    line's last members) and seals the body again. When the queue is nearly full the pump waits
+    (``PUMP_WAIT``): the pipe fills and the workers' own queues push back on their checks,
+    where the loss accounting and ``audit_overflow`` apply."""
+    for raw in data.split(b"\n"):
+        if not raw.strip():
+            continue
+        try:
+            line = raw.decode("ascii")
+        except UnicodeDecodeError:
+            line = ""
+        body = unsealed_body(line) if line.startswith("{") else None
+        if body is None:
+            audit.emit({"event": "audit_line_unreadable", "bytes": len(raw)})
+            continue
+        i = body.find('"allowed":')
+        audit.emit_body(body, i != -1 and body.startswith("true", i + 10), wait=PUMP_WAIT)
 
 
 def supervise(settings: Settings) -> int:

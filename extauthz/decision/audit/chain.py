@@ -49,14 +49,35 @@ class ChainState:
 
 def seal(record: dict[str, Any], state: ChainState, hasher: Hasher) -> str:
     """Encode ``record`` as the next line of the chain (no newline) and advance ``state``."""
-    body = encode_body(record)
+    return seal_body(encode_body(record), state, hasher)
+
+
+def seal_body(body: str, state: ChainState, hasher: Hasher) -> str:
+    """Seal ``body`` (a compact JSON object, ASCII, without chain members) as the next line."""
     seq = state.seq + 1
-    chain = f'"seq":{seq},"prev_hash":"{state.last_hash}"}}'
-    body = body[:-1] + ("," if body != "{}" else "") + chain
-    digest = hasher(body.encode("ascii"))
+    if len(body) > 2:
+        head = f'{body[:-1]},"seq":{seq},"prev_hash":"{state.last_hash}"'
+    else:
+        head = f'{{"seq":{seq},"prev_hash":"{state.last_hash}"'
+    digest = hasher((head + "}").encode("ascii"))
     state.seq = seq
     state.last_hash = digest
-    return body[:-1] + HASH_MEMBER + digest + '"}'
+    return f'{head}{HASH_MEMBER}{digest}"}}'
+
+
+def unsealed_body(line: str) -> str | None:
+    """The body of a sealed line without its chain members (what ``seal_body`` was given).
+
+    The chain members are the line's last three; a string value cannot hold an unescaped quote,
+    so the last ``"seq":`` is the chain's. None when the line is not shaped like a sealed one."""
+    if not line.endswith('"}'):
+        return None
+    i = line.rfind('"seq":')
+    if i < 1:
+        return None
+    if line[i - 1] == ",":
+        return line[: i - 1] + "}"
+    return "{}" if line[i - 1] == "{" else None
 
 
 def split_sealed(line: str) -> tuple[str, str] | None:

@@ -9,8 +9,9 @@ import time
 from collections import deque
 from typing import Any
 
-from extauthz.decision.audit.chain import ChainState, Hasher, seal
-from extauthz.decision.audit.record import rfc3339_now
+from extauthz.decision.audit.chain import ChainState, Hasher, seal_body
+from extauthz.decision.audit.files import LOST_EVENT
+from extauthz.decision.audit.record import encode_body, rfc3339_now
 from extauthz.decision.audit.sinks import FileSink, Sink, StreamSink
 
 log = logging.getLogger("extauthz.decision.audit")
@@ -18,19 +19,29 @@ log = logging.getLogger("extauthz.decision.audit")
 OVERFLOW_DROP_ALLOWED = "drop-allowed"
 OVERFLOW_DENY = "deny"
 OVERFLOW_MODES = (OVERFLOW_DROP_ALLOWED, OVERFLOW_DENY)
-_BATCH = 512
-_LINGER = 0.002  # seconds the writer waits for more records before writing a batch
+_BATCH = 4096  # records sealed and written with one write()
+_LINGER = 0.002  # seconds the writer waits for more records before writing a small batch
+_IDLE_WAKE = 0.05  # an idle writer looks at the queue at least this often
+PRESSURE_WAIT = 0.005  # seconds an emit waits for room before a record is refused
+_PRESSURE_STEP = 0.0005
 
 
 class AuditLog:
     """A bounded queue in front of a writer thread that seals and writes records.
 
-    ``emit`` never blocks. When ``capacity`` records wait already (the writer fell behind) or the
-    last write failed, an allowed-decision record is refused: counted in ``lost_allowed``, and
-    with ``overflow="deny"`` the caller turns the decision into a deny. Denied-decision records
-    (and the service's own events) may still use ``reserve`` more places; past that they are
-    counted in ``lost_denied``. Every loss is logged and, once writing works again, written into
-    the log itself as an ``audit_records_lost`` event.
+    ``emit`` encodes the record on the caller's thread (the costly part, done once, with the
+    record still fresh) and queues the line's body; the writer thread seals the bodies into the
+    hash chain and writes each batch with one ``write()``, so it needs a few microseconds of the
+    GIL per record and keeps pace with the fastest check rate.
+
+    Back-pressure before loss: once the queue holds 7/8 of ``capacity`` records, ``emit`` waits
+    (at most ``PRESSURE_WAIT``, the writer gets the GIL meanwhile) for room. When ``capacity``
+    records still wait (the disk is slower than the checks) or the last write failed, an
+    allowed-decision record is refused: counted in ``lost_allowed``, and with ``overflow="deny"``
+    the caller turns the decision into a deny. Denied-decision records (and the service's own
+    events) may still use ``reserve`` more places; past that they are counted in ``lost_denied``.
+    Every loss is logged and, once writing works again, written into the log itself as an
+    ``audit_records_lost`` event.
     """
 
     def __init__(
@@ -46,6 +57,7 @@ class AuditLog:
             raise ValueError(f"audit overflow must be one of {OVERFLOW_MODES}")
         self.sink = sink
         self.capacity = capacity
+        self.high_water = capacity - capacity // 8
         self.reserve = max(1, capacity // 8) if reserve is None else reserve
         self.overflow = overflow
         self.hasher = hasher or Hasher()
@@ -54,9 +66,10 @@ class AuditLog:
         self.lost_allowed = 0
         self.lost_denied = 0
         self.write_errors = 0
+        self.pressure_waits = 0  # emits that waited for room
         self.failing = False
         self._unreported = [0, 0]  # losses not yet written into the log: allowed, denied
-        self._q: deque[dict[str, Any]] = deque()
+        self._q: deque[tuple[bool, str]] = deque()
         self._cond = threading.Condition()
         self._closing = False
         self._idle = False
@@ -92,9 +105,34 @@ class AuditLog:
 
     def emit(self, record: dict[str, Any]) -> bool:
         """Queue ``record``; False when it was refused (and counted as lost)."""
-        allowed = record.get("allowed") is True
+        return self.emit_body(encode_body(record), record.get("allowed") is True)
+
+    def emit_body(self, body: str, allowed: bool, wait: float = PRESSURE_WAIT) -> bool:
+        """Queue an encoded record (``encode_body``'s output); False when refused (and counted).
+
+        ``wait``: how long to wait for room when the queue is nearly full."""
+        q = self._q
+        if len(q) < self.high_water and not self.failing and not self._closing:
+            q.append((allowed, body))  # the common case: no lock (deque.append is atomic)
+            if self._idle:
+                with self._cond:
+                    self._cond.notify()
+            return True
+        return self._emit_slow(allowed, body, wait)
+
+    def _emit_slow(self, allowed: bool, body: str, wait: float) -> bool:
+        q = self._q
+        if not self.failing and not self._closing and len(q) >= self.high_water and wait > 0:
+            self.pressure_waits += 1
+            deadline = time.monotonic() + wait
+            with self._cond:
+                self._cond.notify()
+            while len(q) >= self.high_water and not self.failing and not self._closing:
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(_PRESSURE_STEP)  # the writer runs meanwhile
         with self._cond:
-            n = len(self._q)
+            n = len(q)
             if self._closing:  # nobody will write it any more
                 self._count_loss(allowed, 1)
                 return False
@@ -103,9 +141,8 @@ class AuditLog:
             ):
                 self._count_loss(allowed, 1)
                 return False
-            self._q.append(record)
-            if self._idle:
-                self._cond.notify()
+            q.append((allowed, body))
+            self._cond.notify()
         return True
 
     def _count_loss(self, allowed: bool, n: int) -> None:
@@ -124,33 +161,34 @@ class AuditLog:
             )
 
     def _run(self) -> None:
+        q = self._q
         while True:
             with self._cond:
                 self._idle = True
-                while not self._q and not self._closing:
-                    self._cond.wait()
+                while not q and not self._closing:
+                    self._cond.wait(_IDLE_WAKE)
                 self._idle = False
-            if len(self._q) < _BATCH and not self._closing:
+            if len(q) < _BATCH and not self._closing:
                 time.sleep(_LINGER)  # let a batch build up: far fewer wake-ups under load
-            with self._cond:
-                batch = [self._q.popleft() for _ in range(min(_BATCH, len(self._q)))]
-                done = self._closing and not self._q
+            batch = [q.popleft() for _ in range(min(_BATCH, len(q)))]
+            done = self._closing and not q
             if batch:
                 self._write(batch)
             if done:
                 return
 
-    def _write(self, batch: list[dict[str, Any]]) -> None:
+    def _write(self, batch: list[tuple[bool, str]]) -> None:
         with self._cond:
             a, d = self._unreported
             self._unreported = [0, 0]
-        records = batch
+        bodies = [body for _, body in batch]
         if a or d:  # say in the log itself that records are missing before these
-            loss = {"time": rfc3339_now(), "event": "audit_records_lost", "allowed": a, "denied": d}
-            records = [loss, *batch]
+            loss = {"time": rfc3339_now(), "event": LOST_EVENT, "allowed": a, "denied": d}
+            bodies.insert(0, encode_body(loss))
         saved = ChainState(self.state.seq, self.state.last_hash)
+        state, hasher = self.state, self.hasher
         try:
-            self.sink.write([seal(r, self.state, self.hasher) for r in records])
+            self.sink.write([seal_body(b, state, hasher) for b in bodies])
         except (OSError, ValueError) as exc:
             self.state = saved  # the chain continues from what is on disk
             self.write_errors += 1
@@ -158,15 +196,16 @@ class AuditLog:
                 self.failing = True
                 self._unreported[0] += a
                 self._unreported[1] += d
-                for allowed in (True, False):
-                    n = sum(1 for r in batch if (r.get("allowed") is True) is allowed)
-                    if n:
-                        self._count_loss(allowed, n)
+                n_allowed = sum(1 for allowed, _ in batch if allowed)
+                if n_allowed:
+                    self._count_loss(True, n_allowed)
+                if len(batch) - n_allowed:
+                    self._count_loss(False, len(batch) - n_allowed)
             log.error("audit write failed, %d records lost: %s", len(batch), exc)
             if isinstance(self.sink, FileSink):
                 self.sink.fail()
             return
-        self.written += len(records)
+        self.written += len(bodies)
         if self.failing:
             with self._cond:
                 self.failing = False
@@ -187,4 +226,11 @@ class AuditLog:
             self._closing = True
             self._cond.notify()
         self._thread.join(timeout)
+        with self._cond:  # appended after the writer's last look, or the writer is stuck: count
+            left = [self._q.popleft() for _ in range(len(self._q))]
+            n_allowed = sum(1 for allowed, _ in left if allowed)
+            if n_allowed:
+                self._count_loss(True, n_allowed)
+            if len(left) - n_allowed:
+                self._count_loss(False, len(left) - n_allowed)
         self.sink.close()
