@@ -118,3 +118,24 @@ def test_the_supervisor_reseals_worker_lines_byte_for_byte_into_one_chain(tmp_pa
     assert decisions[0]["s"] == 'x,"seq":1'
     assert recs[-1]["event"] == "audit_line_unreadable"
     assert log.lost == 0
+
+
+class FailingGatedSink(GatedSink):
+    def write(self, lines: list[str]) -> None:
+        self.entered.set()
+        self.gate.wait(30)
+        raise OSError("disk full")
+
+
+def test_a_record_in_a_failing_write_is_pending_until_it_is_counted() -> None:
+    """The disk-full race (tests/faults/test_audit_disk_full.py): a reader that waited for
+    ``depth == 0`` must find every record written or counted, also the batch being written."""
+    sink = FailingGatedSink()
+    log = AuditLog(sink)
+    log.emit({"allowed": True})
+    wait_for(sink.entered.is_set)  # the writer took the record off the queue, its write hangs
+    assert log.depth == 1 and log.lost == 0 and log.written == 0  # pending: neither yet
+    sink.gate.set()
+    wait_for(lambda: log.depth == 0)
+    assert log.lost == 1  # once depth is 0, the record is counted
+    log.close()

@@ -73,6 +73,7 @@ class AuditLog:
         self._cond = threading.Condition()
         self._closing = False
         self._idle = False
+        self._inflight = 0  # records taken off the queue whose write is not settled yet
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._thread.start()
 
@@ -101,7 +102,11 @@ class AuditLog:
 
     @property
     def depth(self) -> int:
-        return len(self._q)
+        """Records neither written nor counted as lost yet: queued, and the batch being written.
+
+        0 means every record emitted so far is in ``written`` or ``lost`` (what a reader of the
+        metrics waits for before comparing them with the checks answered)."""
+        return len(self._q) + self._inflight
 
     def emit(self, record: dict[str, Any]) -> bool:
         """Queue ``record``; False when it was refused (and counted as lost)."""
@@ -170,10 +175,13 @@ class AuditLog:
                 self._idle = False
             if len(q) < _BATCH and not self._closing:
                 time.sleep(_LINGER)  # let a batch build up: far fewer wake-ups under load
-            batch = [q.popleft() for _ in range(min(_BATCH, len(q)))]
+            n = min(_BATCH, len(q))
+            self._inflight = n  # before popping: depth may count a record twice, never zero times
+            batch = [q.popleft() for _ in range(n)]
             done = self._closing and not q
             if batch:
                 self._write(batch)
+            self._inflight = 0
             if done:
                 return
 
