@@ -1,8 +1,10 @@
 """The audit disk fills: ``extauthz serve`` runs with a file-size limit (RLIMIT_FSIZE, SIGXFSZ
 ignored, so a write past the limit fails with OSError(EFBIG) instead of killing the process).
 
-- default ``audit_overflow`` (drop-allowed): every check is still answered correctly; the lost
-  records are counted (``extauthz_audit_records_lost`` on /metrics);
+- default ``audit_overflow`` (drop-allowed): every check is still answered correctly; every
+  record is written or counted as lost exactly once (``extauthz_audit_records_lost`` on
+  /metrics, read once ``extauthz_audit_queue_depth`` is 0), and the log verifies (a write cut
+  short is truncated back to its last complete line);
 - ``audit_overflow: deny`` (config file): once records cannot be written, requests the policy
   allows are denied with reason ``audit_unavailable``. The writer is asynchronous: the records
   queued when the first write fails were answered already (docs/decisions.md, Losses), so an
@@ -29,6 +31,7 @@ import pytest
 from helpers import ExtauthzProcess, free_port, write_policies
 
 from extauthz._pb.envoy.service.auth.v3 import external_auth_pb2 as ext
+from extauthz.decision.audit import verify
 from extauthz.tools.samples import check_request
 
 pytestmark = pytest.mark.faults
@@ -132,6 +135,9 @@ def test_audit_disk_full_default_keeps_answering_and_counts_losses(tmp_path: Pat
     records = proc.audit_records()
     decisions = [r for r in records if "decision_id" in r]
     assert len(decisions) < CHECKS  # the disk did fill
+    # A write cut short by the limit is truncated back to its last complete line: no torn
+    # record, the chain verifies, and what made it is counted as written, never also as lost.
+    assert verify([proc.audit_log]).ok
     assert lost.get("allow", 0) + lost.get("deny", 0) == CHECKS - len(decisions), lost  # exactly once
     print(f"audit disk full (drop-allowed): {len(decisions)} records written, lost {lost}")
 

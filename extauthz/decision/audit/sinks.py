@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 from typing import IO
 
@@ -30,20 +31,33 @@ class StreamSink:
             self.stream.flush()
 
 
+class PartialWrite(OSError):
+    """A write failed after ``lines`` complete lines of it were on disk (any torn tail removed)."""
+
+    def __init__(self, cause: OSError, lines: int) -> None:
+        super().__init__(cause.errno, f"{cause.strerror or cause} after {lines} lines")
+        self.lines = lines
+
+
 class FileSink:
-    """A file rotated by size: ``PATH`` -> ``PATH.1`` -> ... -> ``PATH.<backups>`` (dropped)."""
+    """A file rotated by size: ``PATH`` -> ``PATH.1`` -> ... -> ``PATH.<backups>`` (dropped).
+
+    Written through the raw file descriptor (``O_APPEND``): a write that fails part way (disk
+    full, EFBIG) is cut back to its last complete line with ``ftruncate``, and the caller learns
+    how many lines made it (``PartialWrite``): a record is either one complete line or not there.
+    """
 
     def __init__(self, path: str | Path, *, max_bytes: int = 0, backups: int = 5) -> None:
         self.path = Path(path)
         self.max_bytes = max_bytes
         self.backups = max(1, backups)
-        self._f: IO[str] | None = None
+        self._fd: int | None = None
         self._size = 0
         self._open()
 
     def _open(self) -> None:
-        self._f = open(self.path, "a", encoding="ascii")  # noqa: SIM115 - closed in close()
-        self._size = self._f.tell()
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._size = os.fstat(self._fd).st_size
 
     def initial_state(self, hasher: Hasher) -> ChainState:
         for candidate in (self.path, self.path.with_name(self.path.name + ".1")):
@@ -53,34 +67,52 @@ class FileSink:
         return ChainState()
 
     def write(self, lines: list[str]) -> None:
-        if self._f is None:  # a previous failure closed it: try again
+        if self._fd is None:  # a previous failure closed it: try again
             self._open()
         chunk: list[str] = []
         size = self._size
-        for line in lines:
-            n = len(line) + 1
-            if self.max_bytes and size and size + n > self.max_bytes:
-                self._put(chunk)
-                chunk = []
-                self.rotate()
-                size = 0
-            chunk.append(line)
-            size += n
-        self._put(chunk)
+        done = 0
+        try:
+            for line in lines:
+                n = len(line) + 1
+                if self.max_bytes and size and size + n > self.max_bytes:
+                    self._put(chunk)
+                    done += len(chunk)
+                    chunk = []
+                    self.rotate()
+                    size = 0
+                chunk.append(line)
+                size += n
+            self._put(chunk)
+        except PartialWrite as exc:
+            raise PartialWrite(exc, done + exc.lines) from exc
+        except OSError as exc:
+            raise PartialWrite(exc, done) from exc
 
     def _put(self, chunk: list[str]) -> None:
         if not chunk:
             return
-        assert self._f is not None
-        data = "\n".join(chunk) + "\n"
-        self._f.write(data)
-        self._f.flush()
-        self._size += len(data)
+        assert self._fd is not None
+        data = ("\n".join(chunk) + "\n").encode("ascii")
+        view = memoryview(data)
+        start = self._size
+        sent = 0
+        try:
+            while sent < len(data):
+                sent += os.write(self._fd, view[sent:])
+        except OSError as exc:
+            whole = data.rfind(b"\n", 0, sent) + 1  # bytes of complete lines on disk
+            if sent > whole:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(self._fd, start + whole)  # no torn line left behind
+            self._size = start + whole
+            raise PartialWrite(exc, data.count(b"\n", 0, whole)) from exc
+        self._size = start + len(data)
 
     def rotate(self) -> None:
-        if self._f is not None:
-            self._f.close()
-            self._f = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
         for i in range(self.backups - 1, 0, -1):
             older = self.path.with_name(f"{self.path.name}.{i}")
             if older.exists():
@@ -90,16 +122,14 @@ class FileSink:
         self._open()
 
     def fail(self) -> None:
-        """After a write error: drop the handle so that the next write reopens the file."""
-        f, self._f = self._f, None
-        if f is not None:
+        """After a write error: drop the descriptor so that the next write reopens the file."""
+        fd, self._fd = self._fd, None
+        if fd is not None:
             with contextlib.suppress(OSError):
-                f.close()
+                os.close(fd)
 
     def close(self) -> None:
-        if self._f is not None:
-            self._f.close()
-            self._f = None
+        self.fail()
 
 
 Sink = StreamSink | FileSink

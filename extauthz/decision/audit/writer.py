@@ -9,10 +9,10 @@ import time
 from collections import deque
 from typing import Any
 
-from extauthz.decision.audit.chain import ChainState, Hasher, seal_body
+from extauthz.decision.audit.chain import ChainState, Hasher, seal_body, split_sealed
 from extauthz.decision.audit.files import LOST_EVENT
 from extauthz.decision.audit.record import encode_body, rfc3339_now
-from extauthz.decision.audit.sinks import FileSink, Sink, StreamSink
+from extauthz.decision.audit.sinks import FileSink, PartialWrite, Sink, StreamSink
 
 log = logging.getLogger("extauthz.decision.audit")
 
@@ -195,29 +195,50 @@ class AuditLog:
             bodies.insert(0, encode_body(loss))
         saved = ChainState(self.state.seq, self.state.last_hash)
         state, hasher = self.state, self.hasher
+        lines = [seal_body(b, state, hasher) for b in bodies]
         try:
-            self.sink.write([seal_body(b, state, hasher) for b in bodies])
+            self.sink.write(lines)
         except (OSError, ValueError) as exc:
-            self.state = saved  # the chain continues from what is on disk
-            self.write_errors += 1
-            with self._cond:
-                self.failing = True
-                self._unreported[0] += a
-                self._unreported[1] += d
-                n_allowed = sum(1 for allowed, _ in batch if allowed)
-                if n_allowed:
-                    self._count_loss(True, n_allowed)
-                if len(batch) - n_allowed:
-                    self._count_loss(False, len(batch) - n_allowed)
-            log.error("audit write failed, %d records lost: %s", len(batch), exc)
-            if isinstance(self.sink, FileSink):
-                self.sink.fail()
+            self._write_failed(exc, saved, lines, batch, len(bodies) - len(batch), (a, d))
             return
         self.written += len(bodies)
         if self.failing:
             with self._cond:
                 self.failing = False
             log.warning("audit writing works again")
+
+    def _write_failed(
+        self,
+        exc: Exception,
+        saved: ChainState,
+        lines: list[str],
+        batch: list[tuple[bool, str]],
+        events: int,
+        unreported: tuple[int, int],
+    ) -> None:
+        """Account a failed write: the lines that made it are written, the rest lost (once)."""
+        done = exc.lines if isinstance(exc, PartialWrite) else 0
+        if done:  # the chain continues after the last complete line on disk
+            parts = split_sealed(lines[done - 1])
+            self.state = ChainState(saved.seq + done, parts[1] if parts else saved.last_hash)
+            self.written += done
+        else:
+            self.state = saved
+        self.write_errors += 1
+        lost = batch[max(0, done - events) :]
+        with self._cond:
+            self.failing = True
+            if events and not done:  # the loss event (first line) did not make it either
+                self._unreported[0] += unreported[0]
+                self._unreported[1] += unreported[1]
+            n_allowed = sum(1 for allowed, _ in lost if allowed)
+            if n_allowed:
+                self._count_loss(True, n_allowed)
+            if len(lost) - n_allowed:
+                self._count_loss(False, len(lost) - n_allowed)
+        log.error("audit write failed, %d records lost: %s", len(lost), exc)
+        if isinstance(self.sink, FileSink):
+            self.sink.fail()
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything queued so far is written (or lost); False on timeout."""
