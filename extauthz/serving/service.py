@@ -17,6 +17,7 @@ from typing import Any
 from grpc_health.v1 import health
 
 from extauthz.decision.audit import AuditLog
+from extauthz.decision.audit.shared import SharedCounters
 from extauthz.decision.cache import DecisionCache
 from extauthz.decision.quarantine import Quarantine
 from extauthz.envoy import response
@@ -44,7 +45,7 @@ def open_policy_store(settings: Settings) -> PolicyStore:
 
 
 def open_audit_log(settings: Settings) -> AuditLog:
-    return AuditLog.open(
+    audit = AuditLog.open(
         settings.audit_log,
         capacity=settings.audit_queue,
         max_bytes=settings.audit_max_bytes,
@@ -52,6 +53,8 @@ def open_audit_log(settings: Settings) -> AuditLog:
         overflow=settings.audit_overflow,
         hmac_key_file=settings.audit_hmac_key_file,
     )
+    audit.shared = SharedCounters.from_env()  # a --workers worker: counts shared with the supervisor
+    return audit
 
 
 class Service:

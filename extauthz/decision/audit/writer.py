@@ -7,11 +7,13 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from extauthz.decision.audit.chain import ChainState, Hasher, seal_body, split_sealed
 from extauthz.decision.audit.files import LOST_EVENT
 from extauthz.decision.audit.record import encode_body, rfc3339_now
+from extauthz.decision.audit.shared import SharedCounters
 from extauthz.decision.audit.sinks import FileSink, PartialWrite, Sink, StreamSink
 
 log = logging.getLogger("extauthz.decision.audit")
@@ -74,6 +76,10 @@ class AuditLog:
         self._closing = False
         self._idle = False
         self._inflight = 0  # records taken off the queue whose write is not settled yet
+        # --workers: a worker counts what it offers for its supervisor (shared.py); the
+        # supervisor learns when its own writes fail or work again (on_failing).
+        self.shared: SharedCounters | None = None
+        self.on_failing: Callable[[bool], None] | None = None
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._thread.start()
 
@@ -117,6 +123,11 @@ class AuditLog:
 
         ``wait``: how long to wait for room when the queue is nearly full."""
         q = self._q
+        shared = self.shared
+        if shared is not None:
+            shared.offered(allowed)
+            if shared.failing():
+                return self._emit_slow(allowed, body, 0.0, failing=True)
         if len(q) < self.high_water and not self.failing and not self._closing:
             q.append((allowed, body))  # the common case: no lock (deque.append is atomic)
             if self._idle:
@@ -125,7 +136,7 @@ class AuditLog:
             return True
         return self._emit_slow(allowed, body, wait)
 
-    def _emit_slow(self, allowed: bool, body: str, wait: float) -> bool:
+    def _emit_slow(self, allowed: bool, body: str, wait: float, failing: bool = False) -> bool:
         q = self._q
         if not self.failing and not self._closing and len(q) >= self.high_water and wait > 0:
             self.pressure_waits += 1
@@ -141,7 +152,7 @@ class AuditLog:
             if self._closing:  # nobody will write it any more
                 self._count_loss(allowed, 1)
                 return False
-            if (self.failing or n >= self.capacity) and (
+            if (failing or self.failing or n >= self.capacity) and (
                 allowed or n >= self.capacity + self.reserve
             ):
                 self._count_loss(allowed, 1)
@@ -149,6 +160,19 @@ class AuditLog:
             q.append((allowed, body))
             self._cond.notify()
         return True
+
+    def count_lost(self, allowed: int, denied: int, why: str) -> None:
+        """Records lost elsewhere (a worker killed with records in memory): counted, logged and
+        written into the chain as an ``audit_records_lost`` event like the log's own losses."""
+        if not (allowed or denied):
+            return
+        log.error("audit records lost: %d allowed, %d denied decisions (%s)", allowed, denied, why)
+        with self._cond:
+            if allowed:
+                self._count_loss(True, allowed)
+            if denied:
+                self._count_loss(False, denied)
+            self._cond.notify()
 
     def _count_loss(self, allowed: bool, n: int) -> None:
         if allowed:
@@ -170,7 +194,7 @@ class AuditLog:
         while True:
             with self._cond:
                 self._idle = True
-                while not q and not self._closing:
+                while not q and not self._closing and not (any(self._unreported) and not self.failing):
                     self._cond.wait(_IDLE_WAKE)
                 self._idle = False
             if len(q) < _BATCH and not self._closing:
@@ -179,7 +203,7 @@ class AuditLog:
             self._inflight = n  # before popping: depth may count a record twice, never zero times
             batch = [q.popleft() for _ in range(n)]
             done = self._closing and not q
-            if batch:
+            if batch or (any(self._unreported) and (not self.failing or done)):
                 self._write(batch)
             self._inflight = 0
             if done:
@@ -206,6 +230,8 @@ class AuditLog:
             with self._cond:
                 self.failing = False
             log.warning("audit writing works again")
+            if self.on_failing is not None:
+                self.on_failing(False)
 
     def _write_failed(
         self,
@@ -227,7 +253,7 @@ class AuditLog:
         self.write_errors += 1
         lost = batch[max(0, done - events) :]
         with self._cond:
-            self.failing = True
+            was, self.failing = self.failing, True
             if events and not done:  # the loss event (first line) did not make it either
                 self._unreported[0] += unreported[0]
                 self._unreported[1] += unreported[1]
@@ -239,6 +265,8 @@ class AuditLog:
         log.error("audit write failed, %d records lost: %s", len(lost), exc)
         if isinstance(self.sink, FileSink):
             self.sink.fail()
+        if not was and self.on_failing is not None:
+            self.on_failing(True)
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until everything queued so far is written (or lost); False on timeout."""
