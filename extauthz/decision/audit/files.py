@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 LOST_EVENT = "audit_records_lost"
 _DECISION_KEY = b'"decision_id":'
@@ -80,9 +81,9 @@ def count_records(paths: list[Path] | str | Path) -> LogCount:
     return out
 
 
-def read_records(path: str | Path) -> tuple[list[dict[str, object]], list[str]]:
+def read_records(path: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
     """Every record of a log's rotated set, oldest first, and the torn lines ("FILE:LINE: why")."""
-    records: list[dict[str, object]] = []
+    records: list[dict[str, Any]] = []
     torn: list[str] = []
     for p in rotated_files(path):
         lines = p.read_bytes().split(b"\n")
