@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import time
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from extauthz.decision.audit.chain import ChainState, Hasher, last_line, state_after
+from extauthz.decision.audit.head import HeadFile, head_path, startup_events
+
+log = logging.getLogger("extauthz.decision.audit")
+ANCHOR_EVERY = 0.05  # seconds: the head lags the log by at most this (and is exact after close)
 
 
 class StreamSink:
@@ -16,9 +22,16 @@ class StreamSink:
     def __init__(self, stream: IO[str], *, owns: bool = False) -> None:
         self.stream = stream
         self.owns = owns
+        self.startup: list[dict[str, Any]] = []  # no head to compare with: nothing to report
 
     def initial_state(self, hasher: Hasher) -> ChainState:
         return ChainState()
+
+    def anchor_due(self) -> bool:
+        return False
+
+    def anchor(self, state: ChainState, force: bool = False) -> None:
+        """No file, no head: the collector keeps the newest seq and hash (docs/security.md)."""
 
     def write(self, lines: list[str]) -> None:
         self.stream.write("\n".join(lines) + "\n")
@@ -53,6 +66,12 @@ class FileSink:
         self.backups = max(1, backups)
         self._fd: int | None = None
         self._size = 0
+        self.head = head_path(self.path)
+        self._head = HeadFile(self.head)
+        self._anchored = 0.0  # when the head was last written
+        self._unanchored: ChainState | None = None
+        self.startup: list[dict[str, Any]] = []  # events a restart writes first (head.py)
+        self._hasher = Hasher()
         self._open()
 
     def _open(self) -> None:
@@ -60,11 +79,31 @@ class FileSink:
         self._size = os.fstat(self._fd).st_size
 
     def initial_state(self, hasher: Hasher) -> ChainState:
+        self._hasher = hasher
+        state = ChainState()
         for candidate in (self.path, self.path.with_name(self.path.name + ".1")):
             line = last_line(candidate)
             if line is not None:
-                return state_after(line, hasher)
-        return ChainState()
+                state = state_after(line, hasher)
+                break
+        state, self.startup = startup_events(self.head, state, hasher)
+        return state
+
+    def anchor_due(self) -> bool:
+        """Records were written since the head was last written."""
+        return self._unanchored is not None
+
+    def anchor(self, state: ChainState, force: bool = False) -> None:
+        """Rewrite the head file with the last record on disk (at most every ANCHOR_EVERY s)."""
+        now = time.monotonic()
+        if not force and now - self._anchored < ANCHOR_EVERY:
+            self._unanchored = ChainState(state.seq, state.last_hash)
+            return
+        self._anchored, self._unanchored = now, None
+        try:
+            self._head.write(state, self._hasher)
+        except OSError as exc:  # the records are on disk; verify will say the head is behind
+            log.warning("cannot anchor the audit chain head in %s: %s", self.head, exc)
 
     def write(self, lines: list[str]) -> None:
         if self._fd is None:  # a previous failure closed it: try again
@@ -129,6 +168,9 @@ class FileSink:
                 os.close(fd)
 
     def close(self) -> None:
+        if self._unanchored is not None:
+            self.anchor(self._unanchored, force=True)
+        self._head.close()
         self.fail()
 
 

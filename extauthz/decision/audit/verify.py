@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from extauthz.decision.audit.chain import GENESIS, ChainState, Hasher, split_sealed
+from extauthz.decision.audit.head import read_head
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,13 +23,20 @@ class VerifyResult:
         return self.broken is None
 
 
-def verify(paths: Iterable[str | Path], hasher: Hasher | None = None) -> VerifyResult:
-    """Check the chain through ``paths`` (oldest file first); stop at the first broken record."""
+def verify(
+    paths: Iterable[str | Path], hasher: Hasher | None = None, head: str | Path | None = None
+) -> VerifyResult:
+    """Check the chain through ``paths`` (oldest file first); stop at the first broken record.
+
+    ``head``: the anchored head file (head.py); the chain must end exactly there. None: no head
+    check (a collector's copy of ``--audit-log -``, or older files alone)."""
     hasher = hasher or Hasher()
     state: ChainState | None = None
     first: int | None = None
     count = 0
+    end = ""
     for path in paths:
+        lineno = 0
         with open(path, "rb") as f:
             for lineno, raw in enumerate(f, 1):
                 where = f"{path}:{lineno}"
@@ -39,7 +47,34 @@ def verify(paths: Iterable[str | Path], hasher: Hasher | None = None) -> VerifyR
                 if first is None:
                     first = state.seq
                 count += 1
+        end = f"{path}:{lineno + 1}"
+    if head is not None:
+        missing = _check_head(Path(head), state, hasher, end)
+        if missing is not None:
+            return VerifyResult(count, first, missing)
     return VerifyResult(count, first)
+
+
+def _check_head(path: Path, state: ChainState | None, hasher: Hasher, end: str) -> str | None:
+    head = read_head(path, hasher)
+    if head is None:
+        return f"{path}: head file missing: the newest records cannot be checked (--no-head: no anchor)"
+    if isinstance(head, str):
+        return f"{path}: {head}"
+    seq, last = (state.seq, state.last_hash) if state is not None else (0, "")
+    if seq < head.seq:
+        return (
+            f"{end}: records seq {seq + 1}..{head.seq} are missing at the end "
+            f"(the head {path.name} anchors seq {head.seq})"
+        )
+    if seq > head.seq:
+        return (
+            f"{path}: the head anchors seq {head.seq} but the chain goes on to seq {seq}: the records "
+            "after it are not anchored (a rolled-back head, or a crash between a write and its anchor)"
+        )
+    if last != head.hash:
+        return f"{end}: the last record (seq {seq}) is not the one the head {path.name} anchors"
+    return None
 
 
 def _check_line(raw: bytes, state: ChainState | None, hasher: Hasher) -> ChainState | str:

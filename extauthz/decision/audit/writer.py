@@ -24,6 +24,7 @@ OVERFLOW_MODES = (OVERFLOW_DROP_ALLOWED, OVERFLOW_DENY)
 _BATCH = 4096  # records sealed and written with one write()
 _LINGER = 0.002  # seconds the writer waits for more records before writing a small batch
 _IDLE_WAKE = 0.05  # an idle writer looks at the queue at least this often
+_HOLD_MIN, _HOLD_MAX = 1.0, 30.0  # seconds writes stay "failing" after an error
 PRESSURE_WAIT = 0.005  # seconds an emit waits for room before a record is refused
 _PRESSURE_STEP = 0.0005
 
@@ -70,6 +71,7 @@ class AuditLog:
         self.write_errors = 0
         self.pressure_waits = 0  # emits that waited for room
         self.failing = False
+        self._hold, self._hold_until = _HOLD_MIN, 0.0  # failing lasts at least this (see _write_failed)
         self._unreported = [0, 0]  # losses not yet written into the log: allowed, denied
         self._q: deque[tuple[bool, str]] = deque()
         self._cond = threading.Condition()
@@ -80,6 +82,9 @@ class AuditLog:
         # supervisor learns when its own writes fail or work again (on_failing).
         self.shared: SharedCounters | None = None
         self.on_failing: Callable[[bool], None] | None = None
+        for event in sink.startup:  # what a restart found comparing the log with its head
+            log.error("audit log %s at startup: %s", event["event"], event)
+            self._q.append((False, encode_body({"time": rfc3339_now(), **event})))
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._thread.start()
 
@@ -192,12 +197,19 @@ class AuditLog:
     def _run(self) -> None:
         q = self._q
         while True:
+            anchor = False
             with self._cond:
                 self._idle = True
                 while not q and not self._closing and not (any(self._unreported) and not self.failing):
-                    self._cond.wait(_IDLE_WAKE)
+                    if not self._cond.wait(_IDLE_WAKE) and self.sink.anchor_due():
+                        anchor = True  # idle: bring the head up to the last record written
+                        break
                 self._idle = False
-            if len(q) < _BATCH and not self._closing:
+            if anchor:
+                self.sink.anchor(self.state, force=True)
+                continue
+            if len(q) < _BATCH and not self._closing and self.overflow != OVERFLOW_DENY:
+                # (with overflow "deny" no lingering: fewer answered records in flight at a failure)
                 time.sleep(_LINGER)  # let a batch build up: far fewer wake-ups under load
             n = min(_BATCH, len(q))
             self._inflight = n  # before popping: depth may count a record twice, never zero times
@@ -226,7 +238,8 @@ class AuditLog:
             self._write_failed(exc, saved, lines, batch, len(bodies) - len(batch), (a, d))
             return
         self.written += len(bodies)
-        if self.failing:
+        self.sink.anchor(self.state)
+        if self.failing and time.monotonic() >= self._hold_until:
             with self._cond:
                 self.failing = False
             log.warning("audit writing works again")
@@ -248,12 +261,19 @@ class AuditLog:
             parts = split_sealed(lines[done - 1])
             self.state = ChainState(saved.seq + done, parts[1] if parts else saved.last_hash)
             self.written += done
+            self.sink.anchor(self.state)
         else:
             self.state = saved
         self.write_errors += 1
         lost = batch[max(0, done - events) :]
         with self._cond:
             was, self.failing = self.failing, True
+            # Hold the failing state a while (doubling when writing fails again soon after it
+            # came back): a nearly full disk takes a small write and refuses the next batch, and
+            # each such flap would let allows through whose records then cannot be written.
+            now = time.monotonic()
+            self._hold = min(_HOLD_MAX, self._hold * 2) if now - self._hold_until < 10 else _HOLD_MIN
+            self._hold_until = now + self._hold
             if events and not done:  # the loss event (first line) did not make it either
                 self._unreported[0] += unreported[0]
                 self._unreported[1] += unreported[1]
