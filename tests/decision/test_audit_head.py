@@ -134,3 +134,13 @@ def test_a_restarted_service_keeps_the_truncation_evidence(tmp_path: Path) -> No
     run(2)
     assert main(["audit", "verify", "--hmac-key-file", str(key), str(log)]) == 1
     assert any(e.get("event") == "audit_records_missing" for e in events(log))
+
+
+def test_a_character_device_gets_no_head(tmp_path: Path) -> None:
+    """``--audit-log /dev/null`` (the bench's ceiling run) must not create /dev/null.head."""
+    sink = FileSink("/dev/null", max_bytes=100)
+    log = AuditLog(sink)
+    log.emit({"allowed": True})
+    log.close()
+    assert not sink.anchored and sink.max_bytes == 0
+    assert not Path("/dev/null.head").exists()

@@ -67,6 +67,10 @@ class FileSink:
         self._fd: int | None = None
         self._size = 0
         self.head = head_path(self.path)
+        # Only a regular file gets a head and rotation: never rename /dev/null or a FIFO away.
+        self.anchored = not self.path.exists() or self.path.is_file()
+        if not self.anchored:
+            self.max_bytes = 0
         self._head = HeadFile(self.head)
         self._anchored = 0.0  # when the head was last written
         self._unanchored: ChainState | None = None
@@ -86,15 +90,18 @@ class FileSink:
             if line is not None:
                 state = state_after(line, hasher)
                 break
-        state, self.startup = startup_events(self.head, state, hasher)
+        if self.anchored:
+            state, self.startup = startup_events(self.head, state, hasher)
         return state
 
     def anchor_due(self) -> bool:
         """Records were written since the head was last written."""
-        return self._unanchored is not None
+        return self._unanchored is not None and self.anchored
 
     def anchor(self, state: ChainState, force: bool = False) -> None:
         """Rewrite the head file with the last record on disk (at most every ANCHOR_EVERY s)."""
+        if not self.anchored:
+            return
         now = time.monotonic()
         if not force and now - self._anchored < ANCHOR_EVERY:
             self._unanchored = ChainState(state.seq, state.last_hash)
@@ -149,6 +156,8 @@ class FileSink:
         self._size = start + len(data)
 
     def rotate(self) -> None:
+        if not self.anchored:  # not a regular file: nothing to rotate
+            return
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
