@@ -13,6 +13,11 @@ on how the 2 cores are shared with h2load. ``--open-loop`` adds one run per exta
 50% of its measured maximum (h2load ``--rps``) for latency. The same request repeated is a
 decision-cache hit after the first; ``--uncached`` adds the allowed request against a server
 started with ``cache_size: 0`` (every check decided again).
+
+Every extauthz server writes its audit log to a real file in a temporary directory and each row
+reports ``checks``, ``records`` (decision records the log gained), ``lost`` and ``valid``
+(bench/audit_count.py): a row with a lost record is not a result. ``--audit-log devnull`` runs
+the same servers with ``--audit-log /dev/null`` (the ceiling without audit I/O).
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import argparse
 import os
 import sys
 import tempfile
+from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -35,8 +41,11 @@ from _common import (
     save,
     started,
 )
+from audit_count import AUDIT_COLUMNS, audit_file, audited_point
 
-COLUMNS = ["name", "rps", "per_core", "ratio_to_noop", "p50_ms", "p99_ms", "failed", "us_per_req"]
+COLUMNS = [
+    "name", "rps", "per_core", "ratio_to_noop", "p50_ms", "p99_ms", "failed", *AUDIT_COLUMNS, "us_per_req",
+]
 
 
 def noop_cmd(transport: str, port: int) -> list[str]:
@@ -60,7 +69,12 @@ def noop_cmd(transport: str, port: int) -> list[str]:
 
 
 def extauthz_cmd(
-    transport: str, port: int, workers: int, policies: str, config: str | None = None
+    transport: str,
+    port: int,
+    workers: int,
+    policies: str,
+    config: str | None = None,
+    audit_log: Path | None = None,
 ) -> list[str]:
     return [
         sys.executable,
@@ -73,7 +87,7 @@ def extauthz_cmd(
         "--listen",
         f"127.0.0.1:{port}",
         "--audit-log",
-        os.devnull,
+        str(audit_log) if audit_log is not None else os.devnull,
         "--transport",
         transport,
         "--workers",
@@ -95,6 +109,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also run the allowed request against a server with the decision cache off",
     )
+    p.add_argument(
+        "--audit-log",
+        choices=("file", "devnull"),
+        default="file",
+        help="file: a real file, records counted (default); devnull: /dev/null, nothing counted",
+    )
     args = p.parse_args(argv)
     need("h2load", "nghttp2-client")
     kw: dict[str, Any] = {"conns": args.connections, "streams": args.streams}
@@ -106,41 +126,55 @@ def main(argv: list[str] | None = None) -> int:
             load, split = grpc_point({"server": proc.pid}, port, bodies["allow"], args.seconds, **kw)
         base = per_core(load, split)
         rows.append(row(f"noop-{transport}", load, split, per_core=base, ratio_to_noop=1.0))
-        port = free_port()
-        cmd = extauthz_cmd(transport, port, args.workers, args.policies)
-        with started(f"extauthz-{transport}", cmd, port=port) as proc:
-            for kind, body in bodies.items():
-                load, split = grpc_point({"server": proc.pid}, port, body, args.seconds, **kw)
-                pc = per_core(load, split)
-                rows.append(
-                    row(
-                        f"extauthz-{transport}-{kind}",
-                        load,
-                        split,
-                        per_core=pc,
-                        ratio_to_noop=round(pc / base, 3) if base else 0.0,
+        with audit_file(f"{transport}") as audit_path:
+            audit = audit_path if args.audit_log == "file" else None
+            port = free_port()
+            cmd = extauthz_cmd(transport, port, args.workers, args.policies, audit_log=audit)
+            with started(f"extauthz-{transport}", cmd, port=port) as proc:
+                for kind, body in bodies.items():
+                    load, split, acols = audited_point(
+                        {"server": proc.pid}, port, body, args.seconds, audit, **kw
                     )
-                )
-                if args.open_loop and kind == "allow" and load.rps:
-                    rate = load.rps / 2
-                    ol, ol_split = grpc_point({"server": proc.pid}, port, body, args.seconds, rate=rate, **kw)
+                    pc = per_core(load, split)
                     rows.append(
                         row(
-                            f"extauthz-{transport}-allow@50%",
-                            ol,
-                            ol_split,
-                            per_core=per_core(ol, ol_split),
-                            target_rps=round(rate),
+                            f"extauthz-{transport}-{kind}",
+                            load,
+                            split,
+                            per_core=pc,
+                            ratio_to_noop=round(pc / base, 3) if base else 0.0,
+                            **acols,
                         )
                     )
+                    if args.open_loop and kind == "allow" and load.rps:
+                        rate = load.rps / 2
+                        ol, ol_split, acols = audited_point(
+                            {"server": proc.pid}, port, body, args.seconds, audit, rate=rate, **kw
+                        )
+                        rows.append(
+                            row(
+                                f"extauthz-{transport}-allow@50%",
+                                ol,
+                                ol_split,
+                                per_core=per_core(ol, ol_split),
+                                target_rps=round(rate),
+                                **acols,
+                            )
+                        )
         if args.uncached:
-            with tempfile.NamedTemporaryFile("w", suffix=".yaml") as config:
+            with (
+                tempfile.NamedTemporaryFile("w", suffix=".yaml") as config,
+                audit_file(transport) as audit_path,
+            ):
+                audit = audit_path if args.audit_log == "file" else None
                 config.write("cache_size: 0\n")
                 config.flush()
                 port = free_port()
-                cmd = extauthz_cmd(transport, port, args.workers, args.policies, config.name)
+                cmd = extauthz_cmd(transport, port, args.workers, args.policies, config.name, audit)
                 with started(f"extauthz-{transport}-uncached", cmd, port=port) as proc:
-                    load, split = grpc_point({"server": proc.pid}, port, bodies["allow"], args.seconds, **kw)
+                    load, split, acols = audited_point(
+                        {"server": proc.pid}, port, bodies["allow"], args.seconds, audit, **kw
+                    )
                 pc = per_core(load, split)
                 rows.append(
                     row(
@@ -149,9 +183,13 @@ def main(argv: list[str] | None = None) -> int:
                         split,
                         per_core=pc,
                         ratio_to_noop=round(pc / base, 3) if base else 0.0,
+                        **acols,
                     )
                 )
         print(f"{transport}: done", file=sys.stderr)
+    invalid = [r["name"] for r in rows if r.get("valid") is False]
+    if invalid:
+        print(f"INVALID rows (audit records lost or torn): {', '.join(invalid)}", file=sys.stderr)
     save(
         "grpc",
         rows,
@@ -161,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         chart_label="checks/s per server core",
         title="h2load -> gRPC Check (per core of the server)",
     )
-    return 0
+    return 1 if invalid else 0
 
 
 if __name__ == "__main__":

@@ -132,10 +132,19 @@ def _parser() -> argparse.ArgumentParser:
         "verify",
         help="check the hash chain of audit log files; report the first broken record",
         description="Check the hash chain of audit log files, given oldest first "
-        "(PATH.5 ... PATH.1 PATH). Exit 0 when intact, 1 at the first broken record.",
+        "(PATH.5 ... PATH.1 PATH), up to the head anchored in PATH.head. Exit 0 when intact, "
+        "1 at the first broken, missing or torn record (or a missing/mismatched head).",
     )
     av.add_argument("files", nargs="+", metavar="FILE", help="audit log files, oldest first")
     av.add_argument("--hmac-key-file", metavar="FILE", help="the key the records were sealed with")
+    av.add_argument(
+        "--head", metavar="FILE", help="the anchored head (default: PATH.head beside the newest file)"
+    )
+    av.add_argument(
+        "--no-head",
+        action="store_true",
+        help="check the chain only (a collector's copy of --audit-log -, or older files alone)",
+    )
 
     r = sub.add_parser(
         "replay",
@@ -283,9 +292,11 @@ def _check(args: argparse.Namespace) -> int:
 
 def _audit_verify(args: argparse.Namespace) -> int:
     from extauthz.decision.audit import Hasher, verify
+    from extauthz.decision.audit.head import head_path
 
+    head = None if args.no_head else (args.head or head_path(args.files[-1]))
     try:
-        result = verify(args.files, Hasher.from_key_file(args.hmac_key_file))
+        result = verify(args.files, Hasher.from_key_file(args.hmac_key_file), head)
     except (OSError, ValueError) as exc:
         print(f"extauthz audit verify: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -295,7 +306,8 @@ def _audit_verify(args: argparse.Namespace) -> int:
     start = ""
     if result.first_seq is not None and result.first_seq != 1:
         start = f" (the chain starts at seq {result.first_seq}: give the older files to check it too)"
-    print(f"OK: {result.records} records in {len(args.files)} file(s){start}")
+    anchored = f", ends at the head {head}" if head is not None else ", no head checked (--no-head)"
+    print(f"OK: {result.records} records in {len(args.files)} file(s){anchored}{start}")
     return EXIT_OK
 
 
