@@ -15,12 +15,13 @@ In process (no network, seconds each):
     python bench/run.py identity # per-check cost of tokens and peer certificates (identity_cost.py)
     python bench/run.py cache    # decision cache and audit log on/off (cache_cost.py)
     python bench/run.py hotpath  # CheckCore.answer: CPU per check, step by step (hotpath.py)
+    python bench/run.py replay   # extauthz replay: audit records decided again per second (replay_cost.py)
 
 Through Envoy with reloads (minutes):
 
     python bench/run.py soak     # policy reloads and bundle rotations under load (soak.py)
 
-    python bench/run.py all      # grpc, envoy, scale with the given options, then the in-process four
+    python bench/run.py all      # grpc, envoy, scale with the given options, then the in-process five
 
 Options after the command go to it (``python bench/run.py grpc --seconds 10 --open-loop``;
 ``python bench/run.py NAME --help`` lists them). Results: a table on stdout,
@@ -50,11 +51,12 @@ COMMANDS = {
     "identity": "identity_cost",
     "cache": "cache_cost",
     "hotpath": "hotpath",
+    "replay": "replay_cost",
     "soak": "soak",
     "slow-streams": "slow_streams",
 }
 LOADS = ("grpc", "envoy", "scale")  # `all`: these take the options given to `all`
-IN_PROCESS = ("rules", "identity", "cache", "hotpath")  # `all`: these run with their defaults
+IN_PROCESS = ("rules", "identity", "cache", "hotpath", "replay")  # `all`: these run with their defaults
 
 
 def run(name: str, argv: list[str]) -> int:

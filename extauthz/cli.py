@@ -1,4 +1,4 @@
-"""The ``extauthz`` command line: serve, check, lint, test, envoy-config, demo."""
+"""The ``extauthz`` command line: serve, check, lint, test, replay, envoy-config, demo."""
 
 from __future__ import annotations
 
@@ -137,6 +137,25 @@ def _parser() -> argparse.ArgumentParser:
     av.add_argument("files", nargs="+", metavar="FILE", help="audit log files, oldest first")
     av.add_argument("--hmac-key-file", metavar="FILE", help="the key the records were sealed with")
 
+    r = sub.add_parser(
+        "replay",
+        help="decide the requests of audit logs again against a candidate policy set",
+        description="Decide every recorded decision of the audit logs again, from each record's "
+        "input, against the policies in DIR; print what stays, what flips and what cannot be "
+        "decided. Exit 0 when nothing flips, 1 when something does, 2 on errors.",
+    )
+    r.add_argument("--policies", metavar="DIR", required=True, help="the candidate policy set")
+    r.add_argument(
+        "--trust-bundle", action="append", default=[], metavar="TD=PATH",
+        help="accepted for symmetry with check; replay uses the recorded verification result",
+    )
+    r.add_argument("--root-namespace", metavar="NS", default="istio-system")
+    r.add_argument("--format", choices=["text", "json"], default="text")
+    r.add_argument(
+        "logs", nargs="+", metavar="AUDIT_LOG",
+        help="audit log files; rotated siblings (PATH.1 ...) in any order",
+    )
+
     h = sub.add_parser(
         "healthcheck", help="exit 0 when a running extauthz answers gRPC health SERVING"
     )
@@ -169,6 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _envoy_config(args)
         if args.command == "audit":
             return _audit_verify(args)
+        if args.command == "replay":
+            return _replay(args)
         if args.command == "healthcheck":
             return _healthcheck(args)
         if args.command == "demo":
@@ -276,6 +297,15 @@ def _audit_verify(args: argparse.Namespace) -> int:
         start = f" (the chain starts at seq {result.first_seq}: give the older files to check it too)"
     print(f"OK: {result.records} records in {len(args.files)} file(s){start}")
     return EXIT_OK
+
+
+def _replay(args: argparse.Namespace) -> int:
+    from extauthz.tools.replay import run_replay
+
+    return run_replay(
+        args.policies, args.logs, trust_bundles=args.trust_bundle,
+        root_namespace=args.root_namespace, fmt=args.format,
+    )
 
 
 def _lint(args: argparse.Namespace) -> int:

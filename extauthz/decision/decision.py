@@ -18,7 +18,7 @@ from extauthz.decision.inputs import InputPlan, input_of, missing_inputs, record
 from extauthz.envoy.request import RequestView
 from extauthz.identity.model import Identity
 from extauthz.identity.resolver import MISSING_TOKEN_CHALLENGE, IdentityContext, IdentityResolver
-from extauthz.policy.engine import Engine
+from extauthz.policy.engine import Engine, ReadSet
 
 
 @dataclass(slots=True)
@@ -146,13 +146,16 @@ def decide(
     )
 
 
-def decide_input(engine: Engine, inp: Mapping[str, Any]) -> Decision | None:
+def decide_input(
+    engine: Engine, inp: Mapping[str, Any], reads: ReadSet | None = None
+) -> Decision | None:
     """Decide again from a record's ``input`` (what ``extauthz replay`` needs): the same policy
     evaluation as ``decide``, with the identity as recorded (tokens and certificates are not
     verified again). None when the record holds no identity (the decision never reached the
     policies: an identity or request error) or misses an input ``engine`` reads
-    (``inputs.missing_inputs``)."""
-    if missing_inputs(inp, engine.reads):
+    (``inputs.missing_inputs``). ``reads``: what the policies applying to this request read
+    (a part of ``engine.reads``; policies out of scope are not evaluated), default all of it."""
+    if missing_inputs(inp, engine.reads if reads is None else reads):
         return None
     req, identity, token_missing = input_of(inp)
     if identity is None:

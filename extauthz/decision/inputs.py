@@ -16,7 +16,8 @@ Schema (version 1; docs/decisions.md, "The record's input"):
         "token": null | {"iss": ..., "sub": ..., "claims": {pruned claims tree}},
         "token_missing": true                            # only when set (401 instead of 403)
       },
-      "unrecorded": {"request.headers[authorization]": "secret", ...}   # only when not empty
+      "unrecorded": {"request.headers[authorization]": "secret", ...},  # only when not empty
+      "authn": "sha256:..."       # the RequestAuthentication set in force (``authn_digest``)
     }
 
 The claims tree holds the claim paths policies read, as the token had them: a string, a list (its
@@ -33,8 +34,10 @@ hit reuses the cached decision's input: the cache key covers every recorded valu
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, is_dataclass
 from types import MappingProxyType
 from typing import Any
 
@@ -43,6 +46,7 @@ from extauthz.decision.cache import IDENTITY_HEADERS, token_headers
 from extauthz.envoy.request import Peer, RequestView
 from extauthz.identity.model import Identity, Token, try_parse_spiffe_id
 from extauthz.policy.engine import Engine, ReadSet
+from extauthz.policy.model import PolicySet
 
 VERSION = 1
 # Never recorded, whatever a policy reads: credentials and certificates.
@@ -99,9 +103,35 @@ class InputPlan:
     headers: tuple[str, ...]  # recorded, sorted
     claims: tuple[tuple[str, ...], ...]  # recorded claim paths, sorted
     unrecorded: Mapping[str, str]  # read by the policies, never recorded: Istio key -> why
+    authn: str = ""  # authn_digest of the set ("" without one: nothing recorded)
 
 
 EMPTY_PLAN = InputPlan((), (), MappingProxyType({}))
+
+
+def authn_digest(policies: PolicySet) -> str:
+    """A fingerprint of the RequestAuthentication resources (and the root namespace that scopes
+    them): which tokens the set accepts, from where. Equal digests: a token the set accepted then,
+    it accepts now (keys aside: JWKS and bundles are not policies). Where a resource was written
+    (file, line) and the order of the resources do not count."""
+    resources = sorted(
+        (_plain(r) for r in policies.request_authentication),
+        key=lambda r: (r["namespace"], r["name"]),
+    )
+    doc = {"root": policies.root_namespace, "request_authentication": resources}
+    text = json.dumps(doc, sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(text.encode()).hexdigest()[:32]
+
+
+def _plain(value: Any) -> Any:
+    """``value`` as JSON types: dataclasses as objects (without ``where``), mappings, tuples."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value) if f.name != "where"}
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
 
 
 def plan_for(engine: Engine | None, exclude: Exclusions = Exclusions()) -> InputPlan:
@@ -126,7 +156,9 @@ def plan_for(engine: Engine | None, exclude: Exclusions = Exclusions()) -> Input
             claims.append(path)
     for param in sorted(reads.query_params):
         unrecorded[f"request.query[{param}]"] = SECRET  # the query may carry tokens
-    return InputPlan(tuple(headers), tuple(claims), MappingProxyType(unrecorded))
+    return InputPlan(
+        tuple(headers), tuple(claims), MappingProxyType(unrecorded), authn_digest(engine.policies)
+    )
 
 
 def _leaf(value: Any) -> tuple[Any, bool]:
@@ -225,6 +257,8 @@ def record_input(
         inp["identity"] = ident
     if unrecorded:
         inp["unrecorded"] = unrecorded
+    if plan.authn:
+        inp["authn"] = plan.authn
     return inp
 
 

@@ -297,3 +297,23 @@ def test_audit_input_exclude_is_a_setting_of_the_service(tmp_path: Any) -> None:
     [record] = [json.loads(x) for x in (tmp_path / "audit.log").read_text().splitlines()]
     assert "x-tenant" not in record["input"]["headers"]
     assert record["input"]["unrecorded"]["request.headers[x-tenant]"].startswith("excluded")
+
+
+def test_the_input_names_the_request_authentication_in_force() -> None:
+    """``authn``: a fingerprint of the RequestAuthentication set (what replay compares to know
+    whether a recorded token would still be accepted); AuthorizationPolicy edits leave it alone."""
+    from extauthz.decision.inputs import authn_digest
+
+    rig = Rig()
+    rig.run(headers={"authorization": f"Bearer {token(groups=['readers'])}", "x-tenant": "acme"},
+            context_extensions={"app": "api"})
+    [record] = rig.records()
+    digest = record["input"]["authn"]
+    assert digest == authn_digest(rig.engine.policies) and digest.startswith("sha256:")
+    same = load_text("\n# moved\n" + AUTHZ.replace("acme", "other") + "---\n" + RA)
+    assert authn_digest(same) == digest
+    for edit in ("api.shop", "user-1"):  # an audience, and (unrelated) the ALLOW text
+        changed = load_text(POLICIES.replace(edit, edit + "x"))
+        assert (authn_digest(changed) != digest) == (edit == "api.shop"), edit
+    no_authn = load_text(AUTHZ)
+    assert authn_digest(no_authn) != digest
