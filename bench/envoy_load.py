@@ -15,7 +15,9 @@ carries ~10 headers and a ~600-byte bearer token. Configurations:
 
 The CPU split (seconds of CPU used by Envoy, the authz service and h2load in the measured
 window) is in the JSON and the table. ``--open-loop`` adds a run at 50% of the measured maximum
-for extauthz (p99 at half load).
+for extauthz (p99 at half load). extauthz writes its audit log to a real file; its rows report
+``checks``, ``records``, ``lost`` and ``valid`` (bench/audit_count.py): a row with a lost record
+is not a result.
 """
 
 from __future__ import annotations
@@ -42,6 +44,7 @@ from _common import (
     save,
     started,
 )
+from audit_count import AUDIT_COLUMNS, audit_columns, settled
 
 from extauthz.devenv.processes import EnvoyProcess
 from extauthz.tools.envoy_config import bootstrap
@@ -92,7 +95,8 @@ HEADERS = [
     "x-tenant: shop",
     f"authorization: Bearer {BEARER}",
 ]
-COLUMNS = ["name", "rps", "ratio_to_noop", "ratio_to_none", "p50_ms", "p99_ms", "failed", "us_per_req"]
+COLUMNS = ["name", "rps", "ratio_to_noop", "ratio_to_none", "p50_ms", "p99_ms", "failed"]
+COLUMNS += [*AUDIT_COLUMNS, "us_per_req"]
 
 
 def envoy_for(
@@ -156,18 +160,25 @@ def main(argv: list[str] | None = None) -> int:
             endpoints: list[str],
             client: str = "envoy_grpc",
             rate: float | None = None,
+            audit: Path | None = None,
         ) -> dict[str, Any]:
             with envoy_running(tmp / name, kind, endpoints, client) as envoy:
                 url = f"http://127.0.0.1:{envoy.listen_port}/api/items"
                 pids = {"envoy": envoy.pid or 0}
                 if authz is not None:
                     pids["authz"] = authz.pid
+                before = settled(audit) if audit is not None else None
+                warm: list[Any] = []
                 load, split = measure(
                     pids,
                     lambda: h2load(url, seconds=args.seconds, warmup=0, rate=rate, **kw),
-                    warm=lambda: h2load(url, seconds=1, warmup=0, **kw),
+                    warm=lambda: warm.append(h2load(url, seconds=1, warmup=0, **kw)),
                 )
-            r = row(name, load, split)
+            acols: dict[str, Any] = {}
+            if audit is not None and before is not None:  # every request is checked: ok or 403
+                checks = sum(x.ok + x.extra.get("statuses", {}).get("403", 0) for x in (*warm, load))
+                acols = audit_columns(before, settled(audit), checks)
+            r = row(name, load, split, **acols)
             rows.append(r)
             print(f"{name}: {load.rps:.0f} req/s", file=sys.stderr)
             return r
@@ -196,6 +207,7 @@ def main(argv: list[str] | None = None) -> int:
                 point(f"noop-{transport}", "authz", noop, [f"127.0.0.1:{port}"])
         for i, transport in enumerate(transports):
             port = free_port()
+            audit = tmp / f"audit-{transport}.jsonl"
             cmd = [
                 sys.executable,
                 "-m",
@@ -206,13 +218,13 @@ def main(argv: list[str] | None = None) -> int:
                 "--listen",
                 f"127.0.0.1:{port}",
                 "--audit-log",
-                os.devnull,
+                str(audit),
                 "--transport",
                 transport,
             ]
             with ExitStack() as stack:
                 authz = stack.enter_context(started(f"extauthz-{transport}", cmd, port=port))
-                r = point(f"extauthz-{transport}", "authz", authz, [f"127.0.0.1:{port}"])
+                r = point(f"extauthz-{transport}", "authz", authz, [f"127.0.0.1:{port}"], audit=audit)
                 if i == 0:
                     point(
                         f"extauthz-{transport}-google_grpc",
@@ -220,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
                         authz,
                         [f"127.0.0.1:{port}"],
                         "google_grpc",
+                        audit=audit,
                     )
                     if args.open_loop and r["rps"]:
                         rr = point(
@@ -228,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
                             authz,
                             [f"127.0.0.1:{port}"],
                             rate=r["rps"] / 2,
+                            audit=audit,
                         )
                         rr["target_rps"] = round(r["rps"] / 2)
     by_name = {r["name"]: r for r in rows}
@@ -240,6 +254,9 @@ def main(argv: list[str] | None = None) -> int:
             r["ratio_to_noop"] = round(r["rps"] / noop, 3) if noop else ""
             rbac = by_name["rbac"]["rps"] or 1.0
             r["ratio_to_rbac"] = round(r["rps"] / rbac, 3)
+    invalid = [r["name"] for r in rows if r.get("valid") is False]
+    if invalid:
+        print(f"INVALID rows (audit records lost or torn): {', '.join(invalid)}", file=sys.stderr)
     save(
         "envoy",
         rows,
@@ -248,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
         chart_label="requests/s through Envoy",
         title="h2load -> Envoy (plain h2c) [-> ext_authz]",
     )
-    return 0
+    return 1 if invalid else 0
 
 
 if __name__ == "__main__":

@@ -60,12 +60,13 @@ from _common import (
     set_pinning,
     started,
 )
+from audit_count import audit_columns, settled
 from bodies import BodySet, body_set, shim_library
 from tokens import TOKEN_PATH, Signer, token_policies
 
 COLUMNS = [
     "name", "rps", "per_core", "ratio_to_noop", "ratio_rps", "p50_ms", "p99_ms", "failed",
-    "records", "lost", "us_per_req",
+    "records", "lost", "valid", "us_per_req",
 ]
 BASELINE = REPO / "bench" / "baseline-grpc.json"
 TOLERANCE = 0.20
@@ -101,21 +102,6 @@ def extauthz_cmd(
     ]
 
 
-def count_records(path: Path) -> tuple[int, int]:
-    """(decision records, records the log says were lost) in ``path``."""
-    records = lost = 0
-    try:
-        with open(path, "rb") as f:
-            for line in f:
-                if b'"decision_id"' in line:
-                    records += 1
-                elif b'"audit_records_lost"' in line:
-                    lost += int(json.loads(line).get("lost", 0) or 0)
-    except FileNotFoundError:
-        pass
-    return records, lost
-
-
 @contextmanager
 def extauthz(name: str, transport: str, args: argparse.Namespace, *, policies: str | None = None,
              config: str = "") -> Iterator[tuple[Any, Path]]:
@@ -132,32 +118,22 @@ def extauthz(name: str, transport: str, args: argparse.Namespace, *, policies: s
 
 
 def audited(proc: Any, log: Path, run: Any) -> tuple[Any, dict[str, float], dict[str, Any]]:
-    """``run()`` measured, then the audit log counted once the server settled."""
-    import time
-
-    before, lost0 = count_records(log)
-    load, split = run()
-    checks = load.ok  # the warm-up's checks are recorded too: records may exceed checks
-    deadline = time.monotonic() + 30
-    last = -1
-    while time.monotonic() < deadline:  # the writer catches up: the count stops growing
-        now, lost1 = count_records(log)
-        if now == last and now - before >= checks:
-            break
-        last = now
-        time.sleep(0.3)
-    records = now - before
-    return load, split, {"records": records, "lost": (lost1 - lost0) + max(0, checks - records)}
+    """``run()`` measured (it returns load, CPU split and the warm-up's answered checks), then the
+    audit log counted once the writer settled (bench/audit_count.py)."""
+    before = settled(log)
+    load, split, warm_ok = run()
+    return load, split, audit_columns(before, settled(log), load.ok + warm_ok)
 
 
 def point(proc: Any, body: BodySet, seconds: float, warm_body: BodySet | None = None,
-          **kw: Any) -> tuple[Any, dict[str, float]]:
-    pids = {"server": proc.pid}
-    return measure(
-        pids,
+          **kw: Any) -> tuple[Any, dict[str, float], int]:
+    warm: list[Any] = []
+    load, split = measure(
+        {"server": proc.pid},
         lambda: load_grpc(proc.port, body, seconds=seconds, warmup=0, **kw),
-        warm=lambda: load_grpc(proc.port, warm_body or body, seconds=1, warmup=0, **kw),
+        warm=lambda: warm.append(load_grpc(proc.port, warm_body or body, seconds=1, warmup=0, **kw)),
     )
+    return load, split, sum(w.ok for w in warm)
 
 
 def check_baseline(rows: list[dict[str, Any]], path: Path) -> int:
@@ -279,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         chart_label="checks/s per server core",
         title="h2load -> gRPC Check (per core of the server)",
     )
-    invalid = [r["name"] for r in rows if r.get("lost")]
+    invalid = [r["name"] for r in rows if r.get("lost") or r.get("valid") is False]
     if invalid:
         print(f"INVALID rows (audit records lost): {', '.join(invalid)}", file=sys.stderr)
     code = 1 if invalid else 0

@@ -15,6 +15,7 @@ In process (no network, seconds each):
     python bench/run.py identity # per-check cost of tokens and peer certificates (identity_cost.py)
     python bench/run.py cache    # decision cache and audit log on/off (cache_cost.py)
     python bench/run.py hotpath  # CheckCore.answer: CPU per check, step by step (hotpath.py)
+    python bench/run.py audit    # the audit writer alone: records/s (audit_cost.py)
     python bench/run.py replay   # extauthz replay: audit records decided again per second (replay_cost.py)
 
 Through Envoy with reloads (minutes):
@@ -55,6 +56,7 @@ COMMANDS = {
     "replay": "replay_cost",
     "soak": "soak",
     "slow-streams": "slow_streams",
+    "audit": "audit_cost",
 }
 LOADS = ("grpc", "envoy", "scale")  # `all`: these take the options given to `all`
 IN_PROCESS = ("rules", "identity", "cache", "hotpath", "replay")  # `all`: these run with their defaults

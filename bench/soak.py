@@ -17,7 +17,9 @@ no probe's answer may change. At the end the service is stopped gracefully and t
 - wrong decisions: failed open (a deny probe answered 2xx) and wrong denies (an allow probe denied
   by extauthz itself: a 403 carrying ``x-extauthz-decision-id``); a 403 without it is Envoy's own
   fail-closed answer (deadline, connection loss), reported as ``denied_on_error``;
-- audit records lost: checks served minus lines in the audit log;
+- audit records: decision records across the log and its rotated files; lost: checks served
+  minus those records, plus the losses the log itself states (``audit_records_lost`` events);
+  torn lines are reported and fail the soak;
 - memory: the service's RSS after warm-up and at the end;
 - bundle rotations requested and applied (reloads the service logged whose CA count differs from
   the previous one: 1 -> 2 -> 1 ...).
@@ -44,6 +46,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from extauthz.decision.audit.files import count_records  # noqa: E402
 from extauthz.devenv.ca import make_ca  # noqa: E402
 from extauthz.devenv.client import client_context  # noqa: E402
 from extauthz.devenv.echo import EchoServer  # noqa: E402
@@ -233,7 +236,8 @@ def main(argv: list[str] | None = None) -> int:
         for c in clients:
             outcomes.update(c.outcomes)
         served = stats.get("ok", 0) + stats.get("denied", 0)
-        audit_lines = len(authz.audit_records())
+        audit = count_records(authz.audit_log)
+        audit_lines = audit.decisions
         stderr = authz.stderr_text()
         bundle_reloads, bundle_applied = rotations_applied(stderr)
         report = {
@@ -254,7 +258,9 @@ def main(argv: list[str] | None = None) -> int:
             "wrong_decisions": outcomes["failed_open"] + outcomes["wrong_deny"],
             "envoy_ext_authz": {k: v for k, v in stats.items() if v},
             "audit_records": audit_lines,
-            "audit_records_lost": served - audit_lines,
+            "audit_records_lost": max(0, served - audit_lines) + audit.lost,
+            "audit_records_lost_counted": audit.lost,
+            "audit_torn_lines": audit.torn[:10],
             "rss_kb_start": rss_start,
             "rss_kb_end": rss_end,
             "rss_growth_kb": rss_end - rss_start,
@@ -263,7 +269,11 @@ def main(argv: list[str] | None = None) -> int:
     (RESULTS / "soak.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
     shutil.rmtree(work, ignore_errors=True)
-    ok = report["wrong_decisions"] == 0 and report["audit_records_lost"] == 0
+    ok = (
+        report["wrong_decisions"] == 0
+        and report["audit_records_lost"] == 0
+        and not report["audit_torn_lines"]
+    )
     return 0 if ok else 1
 
 

@@ -28,4 +28,6 @@ DEADLINE_EXCEEDED = "deadline_exceeded"  # decided after the caller's grpc-timeo
 RESOURCE_LIMIT = "resource_limit"  # the request tripped a resource bound (serving/bounds.py)
 
 # Decisions that depend only on the request and the policy set: the decision cache may keep them.
-CACHEABLE = frozenset({ALLOWED, DENIED_BY_POLICY, NO_MATCH})
+# (A missing token's 401 too: its key holds every token location, and the search for a token that
+# would help, identity/witness.py, reads only keyed inputs.)
+CACHEABLE = frozenset({ALLOWED, DENIED_BY_POLICY, NO_MATCH, AUTHN_REQUIRED})

@@ -20,8 +20,9 @@ Values longer than ``DIGEST_OVER`` characters (certificates, tokens) are replace
 ``(DIGEST, sha256)``: a tuple, so never equal to a plain string value.
 
 An entry expires at the earliest of: ``ttl`` after it was stored, the token's ``exp``, the peer
-certificate's ``notAfter``. Only allows and policy denies are stored; errors, malformed and
-non-canonical requests, missing or invalid credentials (401) are decided again every time.
+certificate's ``notAfter``. Only allows, policy denies and the 401 of a missing token
+(``reasons.CACHEABLE``) are stored; errors, malformed and non-canonical requests, invalid
+credentials are decided again every time.
 
 A cache hit does not need the request view: ``message_key`` computes the same key from the decoded
 CheckRequest's fields (and refuses, returning None, wherever ``from_check_request`` would build

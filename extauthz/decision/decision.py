@@ -18,6 +18,7 @@ from extauthz.decision.inputs import InputPlan, input_of, missing_inputs, record
 from extauthz.envoy.request import RequestView
 from extauthz.identity.model import Identity
 from extauthz.identity.resolver import MISSING_TOKEN_CHALLENGE, IdentityContext, IdentityResolver
+from extauthz.identity.witness import some_token_allows, wants_of
 from extauthz.policy.engine import Engine, ReadSet
 
 
@@ -37,6 +38,7 @@ class Decision:
     cache: str = "miss"
     remove_headers: tuple[str, ...] = ()  # request headers stripped on allow (XFCC, the token)
     challenge: str | None = None  # WWW-Authenticate of a 401
+    remove_query_params: tuple[str, ...] = ()  # query parameters removed on allow (the token)
     input: dict[str, Any] | None = None  # what the policies read (decision/inputs.py); shared
 
 
@@ -116,14 +118,21 @@ def decide(
     recorded = (
         record_input(inputs, req, identity, who.token_missing) if inputs is not None else None
     )
-    if who.token_missing and verdict.reason == reasons.NO_MATCH:
-        # No ALLOW matched, no DENY either, and the request brought no token where a
-        # RequestAuthentication applies: ask for credentials (401) rather than refuse (403).
+    if (
+        not verdict.allowed
+        and who.token_missing
+        and resolver.token_could_allow(engine, req, identity)
+    ):
+        # Denied, and the request brought no token where a RequestAuthentication applies, but
+        # some valid token would turn this into an allow (an ALLOW that reads it, or a DENY
+        # that spares token holders): ask for credentials (401) rather than refuse (403).
         return Decision(
             False,
             401,
             reasons.AUTHN_REQUIRED,
             decision_id,
+            policy=verdict.policy,
+            rule=verdict.rule,
             identity=identity,
             audit_policies=verdict.audit,
             dry_run=verdict.dry_run,
@@ -142,6 +151,7 @@ def decide(
         dry_run=verdict.dry_run,
         headers=who.headers if verdict.allowed else (),
         remove_headers=who.remove,
+        remove_query_params=who.remove_params,
         input=recorded,
     )
 
@@ -161,10 +171,14 @@ def decide_input(
     if identity is None:
         return None
     verdict = engine.evaluate(req, identity)
-    if token_missing and verdict.reason == reasons.NO_MATCH:
-        return Decision(False, 401, reasons.AUTHN_REQUIRED, "", identity=identity,
-                        audit_policies=verdict.audit, dry_run=verdict.dry_run,
-                        challenge=MISSING_TOKEN_CHALLENGE)
+    if (
+        not verdict.allowed
+        and token_missing
+        and some_token_allows(engine, wants_of(engine.policies), req, identity)
+    ):
+        return Decision(False, 401, reasons.AUTHN_REQUIRED, "", verdict.policy, verdict.rule,
+                        identity=identity, audit_policies=verdict.audit,
+                        dry_run=verdict.dry_run, challenge=MISSING_TOKEN_CHALLENGE)
     return Decision(
         allowed=verdict.allowed,
         status=200 if verdict.allowed else 403,

@@ -14,7 +14,8 @@ Schema (version 1; docs/decisions.md, "The record's input"):
         "peer_verified": false,
         "request_principal": "iss/sub" | null,
         "token": null | {"iss": ..., "sub": ..., "claims": {pruned claims tree}},
-        "token_missing": true                            # only when set (401 instead of 403)
+        "token_missing": true                            # only when set: no token where a
+                                                         # RequestAuthentication applied
       },
       "unrecorded": {"request.headers[authorization]": "secret", ...},  # only when not empty
       "authn": "sha256:..."       # the RequestAuthentication set in force (``authn_digest``)

@@ -26,7 +26,11 @@ def prepare(decision: Decision, managed: tuple[str, ...]) -> response.Prepared:
     """The response a decision determines, encoded but for the decision id (cached with it)."""
     if decision.allowed:
         return response.prepare_allow(
-            decision.headers, decision.remove_headers, managed=managed, metadata=metadata(decision)
+            decision.headers,
+            decision.remove_headers,
+            managed=managed,
+            metadata=metadata(decision),
+            remove_query_params=decision.remove_query_params,
         )
     extra = (("www-authenticate", decision.challenge),) if decision.challenge else ()
     return response.prepare_deny(

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 import shutil
 import signal
@@ -17,6 +16,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self
 
+from extauthz.decision.audit.files import read_records
 from extauthz.devenv.net import LOOPBACK, REPO_ROOT, free_port, tail, tcp_open
 from extauthz.tools.envoy_config import DownstreamTls, bootstrap, render_yaml
 
@@ -132,6 +132,10 @@ def _have_grpc_health() -> bool:
     return True
 
 
+class AuditTorn(AssertionError):
+    """An audit log line that is not one complete record."""
+
+
 class ExtauthzProcess(_Process):
     """``python -m extauthz serve`` on a free loopback port (or a unix socket).
 
@@ -225,13 +229,15 @@ class ExtauthzProcess(_Process):
             time.sleep(0.1)
 
     def audit_records(self) -> list[dict[str, Any]]:
-        """The complete JSON lines of the audit log so far (a partial last line is skipped)."""
-        try:
-            text = self.audit_log.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return []
-        lines = text.split("\n")
-        return [json.loads(line) for line in lines[:-1] if line.strip()]
+        """The records of the audit log and its rotated files, oldest first.
+
+        A torn line is reported, not skipped: ``AuditTorn`` names it (``FILE:LINE: why``). The
+        one exception is the newest file's last line while the service runs (a write under way).
+        """
+        records, torn = read_records(self.audit_log)
+        if torn and (not self.running or len(torn) > 1 or "no newline" not in torn[-1]):
+            raise AuditTorn(f"torn audit line(s): {torn}")
+        return records
 
     def wait_audit(self, count: int, timeout: float = 5.0) -> list[dict[str, Any]]:
         """Wait until the audit log holds at least ``count`` records; return them all."""

@@ -54,11 +54,14 @@ def allow(
     *,
     managed: Sequence[str] = IDENTITY_HEADERS,
     metadata: Metadata | None = None,
+    remove_query_params: Sequence[str] = (),
 ) -> bytes:
     """An OK CheckResponse that sets ``identity_headers`` (overwriting) and strips the other
     ``managed`` header names, so that no client-supplied copy of one reaches the upstream.
 
-    ``remove`` names more request headers to strip (x-forwarded-client-cert, a consumed token).
+    ``remove`` names more request headers to strip (x-forwarded-client-cert, a consumed token);
+    ``remove_query_params`` query parameters (a consumed token: ``query_parameters_to_remove``,
+    Envoy removes every occurrence of each name from the upstream ``:path``).
     """
     resp = ext.CheckResponse()
     resp.status.code = OK
@@ -71,6 +74,7 @@ def allow(
     ok.headers_to_remove.extend(
         dict.fromkeys(h for h in (*managed, *remove) if h not in set_names)
     )
+    ok.query_parameters_to_remove.extend(dict.fromkeys(remove_query_params))
     if metadata:
         _set_metadata(resp.dynamic_metadata, metadata)
     return resp.SerializeToString()
@@ -153,9 +157,10 @@ def prepare_allow(
     *,
     managed: Sequence[str] = IDENTITY_HEADERS,
     metadata: Metadata | None = None,
+    remove_query_params: Sequence[str] = (),
 ) -> Prepared:
     return Prepared(
-        head=allow(identity_headers, remove, managed=managed),
+        head=allow(identity_headers, remove, managed=managed, remove_query_params=remove_query_params),
         metadata=_metadata_content(metadata),
     )
 

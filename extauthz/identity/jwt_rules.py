@@ -67,7 +67,7 @@ def compile_rule(spec: JwtRuleSpec, where: str, bundles: BundleSet, jwks: JwksRe
     """One ``jwtRules[]`` entry (as the loader typed it) -> the rule tokens are validated against."""
     issuer = spec.issuer
     svid_td: str | None = None
-    if issuer.lower().startswith("spiffe://"):
+    if issuer.startswith("spiffe://"):
         try:
             sid = parse_spiffe_id(issuer)
             svid_td = sid.trust_domain if not sid.path else None
@@ -94,10 +94,15 @@ def compile_rule(spec: JwtRuleSpec, where: str, bundles: BundleSet, jwks: JwksRe
     elif svid_td is not None:
         keys = BundleKeys(bundles, svid_td)
     else:
-        log.error(
-            "%s: jwtRules issuer %s has neither jwks nor jwksUri: its tokens are rejected", where, issuer
-        )
-        keys = StaticKeys(KeySet(version=next_version()))
+        # Neither jwks nor jwksUri: Istio discovers the keys from the issuer (OpenID discovery).
+        try:
+            keys = jwks.discover(issuer, _duration(spec.timeout, 5.0))
+        except JwksError as exc:
+            log.error(
+                "%s: jwtRules issuer %s has neither jwks nor jwksUri and cannot be discovered (%s): "
+                "its tokens are rejected", where, issuer, exc,
+            )
+            keys = StaticKeys(KeySet(version=next_version()))
     locations: list[Location] = []
     for h in spec.from_headers:
         name = _header_name(h.name)

@@ -6,7 +6,11 @@ never loaded, so HMAC can never be verified with anything, least of all a public
 
 ``RemoteJwks`` fetches a ``jwksUri`` with a bounded timeout on a background thread, keeps the last
 good set, refreshes it when it grows old, and refreshes on an unknown ``kid`` at most once per
-interval, whatever the number of requests asking.
+interval, whatever the number of requests asking. With ``discover=True`` its URI is an issuer's
+OpenID discovery document (``{issuer}/.well-known/openid-configuration``, as Istio reads an
+issuer without ``jwks``/``jwksUri``): each fetch reads the document's ``jwks_uri`` first, then
+the key set, under the same timeout, caching and rate limits; a document that is missing,
+invalid or slow leaves the last good set (none at first: tokens are rejected).
 """
 
 from __future__ import annotations
@@ -34,6 +38,8 @@ EC_ALG_FOR_CURVE = {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512"}
 ASYMMETRIC_ALGS = RSA_ALGS | frozenset(EC_ALG_FOR_CURVE.values()) | {"EdDSA"}
 MIN_RSA_BITS = 2048
 MAX_JWKS_BYTES = 512 * 1024
+MAX_DISCOVERY_BYTES = 64 * 1024
+DISCOVERY_PATH = "/.well-known/openid-configuration"
 MAX_KEYS = 256
 MAX_CANDIDATES = 8
 
@@ -48,6 +54,32 @@ class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
 
 
 _OPENER = urllib.request.build_opener(_HttpOnlyRedirects)
+
+
+def discovery_uri(issuer: str) -> str:
+    """Where an issuer's OpenID configuration lives (OpenID Connect Discovery 1.0, section 4)."""
+    return issuer.rstrip("/") + DISCOVERY_PATH
+
+
+def _get(uri: str, timeout: float, limit: int) -> bytes:
+    req = urllib.request.Request(uri, headers={"accept": "application/json"})
+    with _OPENER.open(req, timeout=timeout) as resp:
+        body: bytes = resp.read(limit + 1)
+    if len(body) > limit:
+        raise JwksError(f"document from {uri[:80]} larger than {limit} bytes")
+    return body
+
+
+def jwks_uri_of(document: bytes) -> str:
+    """The ``jwks_uri`` of an OpenID configuration document (an http(s) URL), or JwksError."""
+    try:
+        doc = json.loads(document)
+    except (ValueError, UnicodeError):
+        raise JwksError("OpenID configuration is not JSON") from None
+    uri = doc.get("jwks_uri") if isinstance(doc, dict) else None
+    if not isinstance(uri, str) or not uri.startswith(("https://", "http://")):
+        raise JwksError("OpenID configuration has no http(s) jwks_uri")
+    return uri
 
 
 class JwksError(ValueError):
@@ -184,10 +216,14 @@ class RemoteJwks:
         min_refresh_interval: float = 30.0,
         clock: Any = time.monotonic,
         changes: Generation | None = None,
+        discover: bool = False,
     ) -> None:
         if not uri.startswith(("https://", "http://")):
-            raise JwksError(f"jwksUri {uri!r}: only http(s) URIs are fetched")
-        self.uri = uri
+            what = "issuer" if discover else "jwksUri"
+            raise JwksError(f"{what} {uri[:80]!r}: only http(s) URIs are fetched")
+        self.uri = discovery_uri(uri) if discover else uri
+        self.discover = discover
+        self.jwks_uri = "" if discover else uri  # with discover: the last one the document named
         self.timeout = timeout
         self.wait = wait
         self.ttl = ttl
@@ -241,13 +277,14 @@ class RemoteJwks:
 
     def _fetch(self, event: threading.Event) -> None:
         try:
-            req = urllib.request.Request(self.uri, headers={"accept": "application/json"})
-            with _OPENER.open(req, timeout=self.timeout) as resp:
-                body = resp.read(MAX_JWKS_BYTES + 1)
-            keyset = parse_jwks(body, version=next_version())
+            uri = self.uri
+            if self.discover:
+                uri = jwks_uri_of(_get(self.uri, self.timeout, MAX_DISCOVERY_BYTES))
+            keyset = parse_jwks(_get(uri, self.timeout, MAX_JWKS_BYTES), version=next_version())
             with self._lock:
                 self._keyset = keyset
                 self._fetched_at = self._clock()
+                self.jwks_uri = uri
             # Decisions cached with the previous keys must not outlive them.
             self.changes.bump()
             metrics.jwks_fetch(self.uri, True)
@@ -271,12 +308,22 @@ class JwksRegistry:
         self._remotes: dict[str, RemoteJwks] = {}
 
     def get(self, uri: str, timeout: float | None = None) -> RemoteJwks:
+        """The key set at ``uri`` (a ``jwksUri``)."""
+        return self._get(uri, timeout, discover=False)
+
+    def discover(self, issuer: str, timeout: float | None = None) -> RemoteJwks:
+        """The key set an ``issuer`` names in its OpenID configuration (OIDC discovery)."""
+        return self._get(issuer, timeout, discover=True)
+
+    def _get(self, uri: str, timeout: float | None, *, discover: bool) -> RemoteJwks:
+        key = discovery_uri(uri) if discover else uri
         with self._lock:
-            remote = self._remotes.get(uri)
-            if remote is None:
+            remote = self._remotes.get(key)
+            if remote is None or remote.discover != discover:
                 opts = dict(self._options)
                 if timeout is not None:
                     opts["timeout"] = timeout
-                remote = self._remotes[uri] = RemoteJwks(uri, changes=self.changes, **opts)
+                remote = RemoteJwks(uri, changes=self.changes, discover=discover, **opts)
+                self._remotes[key] = remote
                 remote.start()
             return remote

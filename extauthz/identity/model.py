@@ -39,14 +39,16 @@ class SpiffeId:
 def parse_spiffe_id(value: str) -> SpiffeId:
     """Parse ``value`` following the SPIFFE ID standard, strictly.
 
-    The scheme compares case-insensitively; the trust domain must already be lower case (the strict
-    reading: an upper-case trust domain is rejected rather than folded); the path is case-sensitive.
+    The scheme is exactly ``spiffe`` in lower case, as the standard and go-spiffe require
+    (``SPIFFE://`` and ``Spiffe://`` are rejected, never read as an alias of ``spiffe://``); the
+    trust domain must already be lower case (the strict reading: an upper-case trust domain is
+    rejected rather than folded); the path is case-sensitive.
     """
     if len(value.encode("utf-8", "surrogatepass")) > MAX_ID_BYTES:
         raise SpiffeIdError("SPIFFE ID longer than 2048 bytes")
     scheme, sep, rest = value.partition("://")
-    if not sep or scheme.lower() != "spiffe":
-        raise SpiffeIdError("scheme is not spiffe://")
+    if not sep or scheme != "spiffe":
+        raise SpiffeIdError("scheme is not spiffe:// (in lower case)")
     td, slash, path = rest.partition("/")
     if not td:
         raise SpiffeIdError("empty trust domain")

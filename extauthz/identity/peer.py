@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from extauthz import reasons
 from extauthz.envoy.request import RequestView
 from extauthz.identity.model import Identity, try_parse_spiffe_id
-from extauthz.identity.svid import SvidError, SvidVerifier, VerifiedSvid
+from extauthz.identity.svid import InvalidSanId, SvidError, SvidVerifier, VerifiedSvid
 from extauthz.identity.xfcc import HEADER as XFCC_HEADER
 from extauthz.identity.xfcc import TrustedProxies, XfccError, last_element
 from extauthz.policy.model import UNSET, PeerAuthentication
@@ -60,6 +60,8 @@ def establish_peer(req: RequestView, trusted: TrustedProxies, verifier: SvidVeri
     if certificate:
         try:
             cert = verifier.verify_field(certificate)
+        except InvalidSanId as exc:  # SPIFFE://..., spiffe://Td/...: an invalid identity
+            raise PeerError(reasons.INVALID_PEER, str(exc)) from exc
         except SvidError as exc:
             raise PeerError(reasons.INVALID_CERT, str(exc)) from exc
         verified = cert if cert.verified else None
@@ -75,10 +77,15 @@ def establish_peer(req: RequestView, trusted: TrustedProxies, verifier: SvidVeri
     return Peer(identity, cert, verified)
 
 
-def _tier(scope: Scope) -> int:
-    """PeerAuthentication specificity: workload selector > namespace > root."""
-    if scope.selector is not None:
-        return 3
+def _tier(scope: Scope) -> int | None:
+    """PeerAuthentication specificity, as Istio composes it: workload (3) > namespace (2) > mesh (1).
+
+    A resource whose selector has no labels (absent, ``selector: {}``, ``matchLabels: {}``) is
+    namespace-wide, or mesh-wide in the root namespace. A root-namespace resource *with* labels
+    is ignored by Istio (None): it neither overrides a namespace's mode nor applies mesh-wide.
+    """
+    if scope.selector:
+        return None if scope.everywhere else 3
     return 1 if scope.everywhere else 2
 
 
@@ -86,23 +93,33 @@ class PeerModes:
     """The PeerAuthentication resources of one policy generation."""
 
     def __init__(self, resources: Sequence[PeerAuthentication], root_namespace: str) -> None:
-        self._peer_authn = tuple((Scope.of(r, root_namespace), r) for r in resources)
+        self._peer_authn = tuple(
+            (scope, tier, r)
+            for r in resources
+            for scope in (Scope.of(r, root_namespace),)
+            for tier in (_tier(scope),)
+            if tier is not None
+        )
 
     def mode(self, req: RequestView) -> str:
-        """The mTLS mode in force: the most specific applicable PeerAuthentication that sets one.
+        """The mTLS mode in force: the most specific applicable PeerAuthentication that sets one
+        (``UNSET`` inherits from the next level; the default is PERMISSIVE). ``portLevelMtls``
+        is read on workload resources only (the loader refuses it elsewhere, as Istio does).
 
-        Within one tier, the strictest mode wins (a deterministic, fail-closed tie-break).
+        Within one tier, the strictest mode wins (a deterministic, fail-closed tie-break; Istio
+        takes the oldest resource).
         """
         by_tier: dict[int, list[str]] = {}
-        for scope, resource in self._peer_authn:
+        for scope, tier, resource in self._peer_authn:
             if not scope.applies_to(req):
                 continue
             mode = resource.mtls_mode
-            port_mode = resource.port_level_mtls.get(str(req.port), UNSET)
-            if port_mode != UNSET:
-                mode = port_mode
+            if tier == 3:
+                port_mode = resource.port_level_mtls.get(str(req.port), UNSET)
+                if port_mode != UNSET:
+                    mode = port_mode
             if mode != UNSET:
-                by_tier.setdefault(_tier(scope), []).append(mode)
+                by_tier.setdefault(tier, []).append(mode)
         for tier in (3, 2, 1):
             if tier in by_tier:
                 return max(by_tier[tier], key=lambda m: _MODE_RANK[m])

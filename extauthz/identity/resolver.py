@@ -31,9 +31,11 @@ from extauthz.identity.keys import JwksRegistry
 from extauthz.identity.model import Identity, Token
 from extauthz.identity.peer import PeerError, PeerModes, establish_peer
 from extauthz.identity.svid import SvidVerifier, VerifiedSvid
+from extauthz.identity.witness import TokenWants, some_token_allows
 from extauthz.identity.xfcc import HEADER as XFCC_HEADER
 from extauthz.identity.xfcc import TrustedProxies
-from extauthz.policy.model import ALLOW, AuthorizationPolicy, PolicySet
+from extauthz.policy.engine import Engine
+from extauthz.policy.model import PolicySet
 from extauthz.policy.scope import Scope
 
 
@@ -48,8 +50,9 @@ class Resolution:
     challenge: str | None = None  # WWW-Authenticate value of a 401
     headers: tuple[tuple[str, str], ...] = ()  # set upstream on allow
     remove: tuple[str, ...] = ()  # removed upstream on allow (unless set)
-    # No token, though a RequestAuthentication applies and an applicable ALLOW policy reads the
-    # token: if no policy matches, the answer is 401 (ask for credentials) rather than 403.
+    remove_params: tuple[str, ...] = ()  # query parameters removed upstream on allow (a token)
+    # No token, though a RequestAuthentication applies: when the policies deny, the answer is 401
+    # (ask for credentials) if some valid token could make them allow (``token_could_allow``).
     token_missing: bool = False
 
     @property
@@ -97,11 +100,7 @@ class IdentityResolver:
             for r in policies.request_authentication
         )
         self._peer_modes = PeerModes(policies.peer_authentication, root)
-        self._token_allow = tuple(
-            Scope.of(p, root)
-            for p in policies.authorization
-            if p.action == ALLOW and not p.dry_run and _reads_token(p)
-        )
+        self._wants = TokenWants(policies)
         rules = [rule for _, rs in self._request_authn for rule in rs]
         self.validator = TokenValidator(rules)
         # Headers a client must never smuggle through: whatever any rule outputs.
@@ -161,8 +160,7 @@ class IdentityResolver:
         except TokenError as exc:
             return self._invalid(identity, str(exc))
         if not found:  # no token: no request principal (Istio); policy decides
-            wanted = any(scope.applies_to(req) for scope in self._token_allow)
-            return Resolution(identity, remove=remove, token_missing=wanted)
+            return Resolution(identity, remove=remove, token_missing=True)
         if len(found) > 1:
             return self._invalid(identity, "more than one token in the request")
         location, raw = found[0]
@@ -179,9 +177,27 @@ class IdentityResolver:
             value = claim_header_value(token.claims, ch.claim)
             if value is not None:
                 headers.append((ch.header, value))
-        if not rule.forward_original_token and location.kind == "header":
-            remove = (*remove, location.name)
-        return Resolution(identity, headers=tuple(headers), remove=remove)
+        params: tuple[str, ...] = ()
+        if not rule.forward_original_token:
+            # Istio removes a header token; Envoy's jwt_authn leaves a query token in the URL,
+            # where access logs keep it: extauthz removes that too (query_parameters_to_remove).
+            if location.kind == "header":
+                remove = (*remove, location.name)
+            elif location.kind == "param":
+                params = (location.name,)
+        return Resolution(identity, headers=tuple(headers), remove=remove, remove_params=params)
+
+    def token_could_allow(self, engine: Engine, req: RequestView, identity: Identity) -> bool:
+        """Whether some token valid for a RequestAuthentication applicable to ``req`` would make
+        ``engine`` (this resolver's policy generation) allow it: the 401-or-403 question for a
+        denied request without a token (``witness.py``). Off the hot path: only for such denies.
+        """
+        bound: str | None = None
+        if self.bind_token_to_peer:
+            if identity.peer is None or not identity.peer_verified:
+                return False  # no token can name a verified peer that is not there
+            bound = str(identity.peer)
+        return some_token_allows(engine, self._wants, req, identity, bound_subject=bound)
 
     def _check_binding(self, token: Token, cert: VerifiedSvid | None, verified: VerifiedSvid | None) -> None:
         cnf = token.claims.get("cnf")
@@ -204,13 +220,6 @@ class IdentityResolver:
             f"token: {error}",
             challenge=_challenge(reasons.INVALID_TOKEN),
         )
-
-
-def _reads_token(policy: AuthorizationPolicy) -> bool:
-    """Whether any rule of the policy looks at the request token."""
-    return any(
-        src.request_principals or src.not_request_principals for rule in policy.rules for src in rule.sources
-    ) or any(c.key.startswith("request.auth.") for rule in policy.rules for c in rule.conditions)
 
 
 # ----------------------------------------------------------------------------- the long-lived part

@@ -46,6 +46,10 @@ class SvidError(ValueError):
     """A certificate that is not a valid X509-SVID for this service."""
 
 
+class InvalidSanId(SvidError):
+    """The certificate's URI SAN is not a valid SPIFFE ID: an invalid identity, not an alias."""
+
+
 class NoBundle(SvidError):
     """No bundle is configured for the certificate's trust domain: it cannot be verified."""
 
@@ -93,7 +97,7 @@ def svid_id(cert: x509.Certificate) -> SpiffeId:
     try:
         sid = parse_spiffe_id(uris[0])
     except SpiffeIdError as exc:
-        raise SvidError(f"URI SAN is not a SPIFFE ID: {exc}") from None
+        raise InvalidSanId(f"URI SAN is not a SPIFFE ID: {exc}") from None
     if not sid.path:
         raise SvidError("a leaf SVID's SPIFFE ID has a path")
     try:

@@ -19,6 +19,7 @@ from grpc_health.v1 import health
 
 from extauthz import reasons
 from extauthz.decision.audit import AuditLog
+from extauthz.decision.audit.shared import SharedCounters
 from extauthz.decision.cache import DecisionCache
 from extauthz.decision.quarantine import Quarantine
 from extauthz.decision.tracing import Tracer, config_from_env
@@ -53,7 +54,7 @@ def open_policy_store(settings: Settings) -> PolicyStore:
 
 
 def open_audit_log(settings: Settings) -> AuditLog:
-    return AuditLog.open(
+    audit = AuditLog.open(
         settings.audit_log,
         capacity=settings.audit_queue,
         max_bytes=settings.audit_max_bytes,
@@ -61,6 +62,8 @@ def open_audit_log(settings: Settings) -> AuditLog:
         overflow=settings.audit_overflow,
         hmac_key_file=settings.audit_hmac_key_file,
     )
+    audit.shared = SharedCounters.from_env()  # a --workers worker: counts shared with the supervisor
+    return audit
 
 
 class Service:

@@ -36,6 +36,9 @@ from dataclasses import asdict, replace
 from typing import IO
 
 from extauthz.decision.audit import AuditLog
+from extauthz.decision.audit.chain import unsealed_body
+from extauthz.decision.audit.files import LOST_EVENT
+from extauthz.decision.audit.shared import ENV_AUDIT_FD, SharedCounters, Tally
 from extauthz.serving import lifecycle
 from extauthz.serving.service import open_audit_log, open_policy_store
 from extauthz.settings import Settings, worker_listen
@@ -70,6 +73,8 @@ class _Worker:
         self.proc: subprocess.Popen[bytes] | None = None
         self.pump: threading.Thread | None = None
         self.started_at = 0.0
+        self.shared: SharedCounters | None = None  # what this worker process offered
+        self.tally = Tally()  # what arrived from it
 
 
 class Supervisor:
@@ -80,6 +85,13 @@ class Supervisor:
         self.restarts: deque[float] = deque()
         self.stopping = threading.Event()
         self.hup = threading.Event()
+        audit.on_failing = self._tell_workers
+
+    def _tell_workers(self, failing: bool) -> None:
+        """Our writes fail (or work again): workers with ``audit_overflow: deny`` deny meanwhile."""
+        for w in self.workers:
+            if w.shared is not None:
+                w.shared.set_failing(failing)
 
     # ------------------------------------------------------------------ processes
 
@@ -87,15 +99,22 @@ class Supervisor:
         env = dict(os.environ)
         env[ENV_SETTINGS] = json.dumps(asdict(worker_settings(self.settings, w.index)))
         env[ENV_INDEX] = str(w.index)
+        w.shared, w.tally = SharedCounters.create(), Tally()
+        w.shared.set_failing(self.audit.failing)
+        env[ENV_AUDIT_FD] = str(w.shared.fd)
         w.proc = subprocess.Popen(
             [sys.executable, "-m", "extauthz.serving.main"],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             env=env,
+            pass_fds=(w.shared.fd,),
         )
         w.started_at = time.monotonic()
         w.pump = threading.Thread(
-            target=self._pump, args=(w.index, w.proc.stdout), name=f"audit-pump-{w.index}", daemon=True
+            target=self._pump,
+            args=(w.index, w.proc.stdout, w.tally),
+            name=f"audit-pump-{w.index}",
+            daemon=True,
         )
         w.pump.start()
         log.info(
@@ -105,7 +124,7 @@ class Supervisor:
             worker_listen(self.settings.listen, w.index),
         )
 
-    def _pump(self, index: int, pipe: IO[bytes] | None) -> None:
+    def _pump(self, index: int, pipe: IO[bytes] | None, tally: Tally) -> None:
         """Copy complete lines from a worker's pipe to the audit sink."""
         if pipe is None:
             return
@@ -122,27 +141,20 @@ class Supervisor:
             cut = data.rfind(b"\n") + 1
             rest = data[cut:]
             if cut:
-                self._write(data[:cut])
+                reseal_lines(self.audit, data[:cut], tally)
         if rest:
             log.error("worker %d ended in the middle of an audit line; %d bytes dropped", index, len(rest))
         pipe.close()
 
-    def _write(self, data: bytes) -> None:
-        """Re-seal the workers' records into the one hash chain of ``--audit-log``.
-
-        Each worker chains its own pipe; interleaved, those chains would not verify, so the
-        supervisor drops the workers' chain members and seals every record again (audit.py).
-        """
-        for line in data.splitlines():
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                if not isinstance(record, dict):
-                    raise ValueError("not a JSON object")
-            except ValueError:
-                record = {"event": "audit_line_unreadable", "bytes": len(line)}
-            self.audit.emit(record)
+    def _settle(self, w: _Worker) -> None:
+        """After worker ``w`` exited and its pipe was read to the end: record what died with it."""
+        if w.shared is None:
+            return
+        allowed, denied = w.tally.missing(w.shared)
+        pid = w.proc.pid if w.proc is not None else 0
+        self.audit.count_lost(allowed, denied, f"worker {w.index} (pid {pid}) exited with them unwritten")
+        w.shared.close()
+        w.shared = None
 
     def _signal_all(self, signum: int) -> None:
         for w in self.workers:
@@ -178,6 +190,7 @@ class Supervisor:
             log.error("worker %d (pid %d) exited with %s; restarting", w.index, w.proc.pid, w.proc.returncode)
             if w.pump is not None:
                 w.pump.join(5)
+            self._settle(w)
             while self.restarts and now - self.restarts[0] > RESTART_WINDOW:
                 self.restarts.popleft()
             if len(self.restarts) >= MAX_RESTARTS:
@@ -202,6 +215,52 @@ class Supervisor:
                 w.proc.wait(5)
             if w.pump is not None:
                 w.pump.join(5)
+            self._settle(w)
+
+
+LOST_MARK = f'"event":"{LOST_EVENT}"'
+PUMP_WAIT = 2.0  # seconds a worker line waits for room in the supervisor's queue
+
+
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def reseal_lines(audit: AuditLog, data: bytes, tally: Tally | None = None) -> None:
+    """Re-seal workers' records into the one hash chain of ``--audit-log``.
+
+    Each worker chains its own pipe; interleaved, those chains would not verify, so the
+    supervisor cuts the workers' chain members off each line (no JSON parsing: they are the
+    line's last members) and seals the body again. When the queue is nearly full the pump waits
+    (``PUMP_WAIT``): the pipe fills and the workers' own queues push back on their checks,
+    where the loss accounting and ``audit_overflow`` apply. ``tally`` counts what arrived."""
+    tally = tally if tally is not None else Tally()
+    for raw in data.split(b"\n"):
+        if not raw.strip():
+            continue
+        try:
+            line = raw.decode("ascii")
+        except UnicodeDecodeError:
+            line = ""
+        body = unsealed_body(line) if line.startswith("{") else None
+        if body is None:
+            tally.denied += 1  # a record arrived, unreadable: the event below stands for it
+            audit.emit({"event": "audit_line_unreadable", "bytes": len(raw)})
+            continue
+        lost = json.loads(body) if LOST_MARK in body else None  # rare: parse only these
+        if isinstance(lost, dict) and lost.get("event") == LOST_EVENT and "decision_id" not in lost:
+            # the worker's own loss report (top level, not text in a record): not an offered record
+            tally.reported_allowed += _count(lost.get("allowed"))
+            tally.reported_denied += _count(lost.get("denied"))
+            audit.emit_body(body, False, wait=PUMP_WAIT)
+            continue
+        i = body.find('"allowed":')
+        allowed = i != -1 and body.startswith("true", i + 10)
+        if allowed:
+            tally.allowed += 1
+        else:
+            tally.denied += 1
+        audit.emit_body(body, allowed, wait=PUMP_WAIT)
 
 
 def supervise(settings: Settings) -> int:

@@ -18,6 +18,7 @@ from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v
     HttpConnectionManager,
 )
 
+from extauthz.tools.envoy_bootstrap import bootstrap_message
 from extauthz.tools.envoy_messages import (
     AUTHZ_HEALTH_SERVICE,
     EXT_AUTHZ_FILTER_NAME,
@@ -28,7 +29,6 @@ from extauthz.tools.envoy_messages import (
     Config,
     DownstreamTls,
     authz_cluster_message,
-    bootstrap_message,
     cluster_message,
     explicit_defaults,
     ext_authz_filter_message,

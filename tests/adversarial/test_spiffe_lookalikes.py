@@ -60,13 +60,10 @@ def test_controls(path: str) -> None:
     assert_outcome(run_core(POLICY, principal="spiffe://example.org/ns/other/sa/x", path=path), DENY)
 
 
-def test_scheme_case_is_the_same_id() -> None:
-    """The scheme compares case-insensitively (SPIFFE ID standard): the same workload."""
-    out = run_core(POLICY, principal="SPIFFE://example.org/ns/shop/sa/frontend", path="/exact/x")
-    assert_outcome(out, ALLOW)
-
-
 INVALID_LOOKALIKES = [
+    # The scheme is exactly "spiffe" (the standard, go-spiffe): not an alias of the frontend.
+    "SPIFFE://example.org/ns/shop/sa/frontend",
+    "Spiffe://example.org/ns/shop/sa/frontend",
     FRONTEND + "/",  # trailing slash
     "spiffe://EXAMPLE.org/ns/shop/sa/frontend",  # upper-case trust domain (strict reading)
     "spiffe://example.org/ns/shop/sa/fr\u043entend",  # Cyrillic o

@@ -213,7 +213,7 @@ def test_no_token_or_certificate_in_records(tmp_path: Path) -> None:
 def test_rotation_keeps_one_chain_across_files(tmp_path: Path) -> None:
     p = tmp_path / "audit.log"
     run_checks(p, 60, max_bytes=4000, backups=50)
-    files = [*sorted(tmp_path.glob("audit.log.*"), key=lambda f: -int(f.suffix[1:])), p]
+    files = [*sorted(tmp_path.glob("audit.log.[0-9]*"), key=lambda f: -int(f.suffix[1:])), p]
     assert len(files) >= 3
     total = sum(len(lines(f)) for f in files)
     assert total == 61
@@ -339,7 +339,7 @@ def test_concurrent_checks_keep_one_intact_chain(tmp_path: Path) -> None:
     for th in threads:
         th.join()
     log.close()
-    files = [*sorted(tmp_path.glob("audit.log.*"), key=lambda f: -int(f.suffix[1:])), p]
+    files = [*sorted(tmp_path.glob("audit.log.[0-9]*"), key=lambda f: -int(f.suffix[1:])), p]
     result = verify(files)
     assert result.ok and result.records == 600 and log.lost == 0
     ids = {json.loads(x)["decision_id"] for f in files for x in lines(f)}

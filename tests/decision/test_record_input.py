@@ -238,7 +238,7 @@ def test_a_policy_reading_an_unrecorded_input_cannot_be_decided_again() -> None:
     assert decide_input(edited, record["input"]) is None
     req, identity, token_missing = input_of(record["input"])
     assert req.headers == {"x-tenant": "acme", ":authority": "api.shop.svc"}
-    assert identity is not None and token_missing  # no token where one could allow: 401
+    assert identity is not None and token_missing  # no token where a RequestAuthentication applied
 
 
 @pytest.mark.parametrize("cache", [True, False])

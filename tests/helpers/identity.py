@@ -216,3 +216,75 @@ class JwksServer:
     def stop(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+class OidcServer:
+    """An OpenID provider on loopback: ``{issuer}/.well-known/openid-configuration`` naming
+    ``{issuer}/keys`` as its ``jwks_uri``. The issuer may have a path (``/realms/shop``).
+
+    Knobs: ``discovery`` (the document's text; None: 404), ``discovery_delay`` (seconds before
+    answering it), ``jwks`` (the key set's text). ``hits`` counts requests by path.
+    """
+
+    def __init__(self, issuer_path: str = "") -> None:
+        self.issuer_path = issuer_path
+        self.jwks = jwks_json(jwk(RSA_KEY, "k1"))
+        self.discovery: str | None = None  # set in start(), once the port is known
+        self.discovery_delay = 0.0
+        self.hits: dict[str, int] = {}
+        self._stop = threading.Event()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                outer.hits[self.path] = outer.hits.get(self.path, 0) + 1
+                if self.path == outer.issuer_path + "/.well-known/openid-configuration":
+                    if outer.discovery_delay:
+                        outer._stop.wait(outer.discovery_delay)
+                    body = outer.discovery
+                elif self.path == outer.issuer_path + "/keys":
+                    body = outer.jwks
+                else:
+                    body = None
+                if body is None:
+                    self.send_response(404)
+                    self.send_header("content-length", "0")
+                    self.end_headers()
+                    return
+                data = body.encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(
+            target=lambda: self.httpd.serve_forever(poll_interval=0.02), daemon=True
+        )
+
+    @property
+    def issuer(self) -> str:
+        return f"http://127.0.0.1:{self.httpd.server_address[1]}{self.issuer_path}"
+
+    @property
+    def discovery_hits(self) -> int:
+        return self.hits.get(self.issuer_path + "/.well-known/openid-configuration", 0)
+
+    @property
+    def jwks_hits(self) -> int:
+        return self.hits.get(self.issuer_path + "/keys", 0)
+
+    def start(self) -> OidcServer:
+        self.discovery = json.dumps({"issuer": self.issuer, "jwks_uri": self.issuer + "/keys"})
+        self.thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()  # release a hanging discovery answer
+        self.httpd.shutdown()
+        self.httpd.server_close()

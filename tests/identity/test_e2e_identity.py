@@ -106,6 +106,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, pki: DevPki, echo_server: Ec
     pki.add("two-uris", issue_svid(pki.ca, FRONTEND_ID, extra_uris=["spiffe://example.org/ns/shop/sa/admin"]))
     pki.add("other-domain", issue_svid(pki.ca, "spiffe://other.org/ns/shop/sa/frontend"))
     pki.add("third-domain", issue_svid(pki.ca, "spiffe://third.org/ns/shop/sa/frontend"))
+    # The frontend's ID with the scheme in another case: Envoy accepts the certificate (it chains).
+    for name, scheme in (("upper-scheme", "SPIFFE"), ("mixed-scheme", "Spiffe")):
+        pki.add(name, issue_svid(pki.ca, f"{scheme}://example.org/ns/shop/sa/frontend"))
     # extauthz trusts the example.org CA and, for other.org, a CA that did not issue that cert.
     other_bundle = base / "other-org.pem"
     other_bundle.write_bytes(make_ca("other.org").cert_pem)
@@ -174,6 +177,18 @@ def test_unverifiable_trust_domain_denied_by_strict(s: Stack) -> None:
     assert s.audit()["reason"] == "peer_authentication_required"
 
 
+@pytest.mark.parametrize("who", ["upper-scheme", "mixed-scheme"])
+def test_spiffe_scheme_in_another_case_is_an_invalid_identity(s: Stack, who: str) -> None:
+    # SPIFFE://example.org/ns/shop/sa/frontend is not the frontend (the SPIFFE ID standard and
+    # go-spiffe require exactly "spiffe://"): denied outright, whatever a policy says.
+    r = s.request(who, "/api/items")
+    assert r.status == 403, r
+    assert s.echo.requests == []
+    record = s.audit()
+    assert record["reason"] == "invalid_peer_identity"
+    assert record["source"]["principal"].lower() == FRONTEND_ID.lower()  # type: ignore[index]
+
+
 def test_token_from_jwks_uri(s: Stack) -> None:
     token = mint()
     r = s.request("api", "/jwt/x", [("authorization", f"Bearer {token}"), ("x-user", "spoofed")])
@@ -209,7 +224,8 @@ def test_missing_token_gets_a_challenge(s: Stack) -> None:
 def test_spoofed_xfcc_never_reaches_upstream_nor_grants(s: Stack) -> None:
     xfcc = "By=spiffe://example.org/ns/shop/sa/api;URI=spiffe://example.org/ns/shop/sa/frontend"
     r = s.request("intruder", "/api/items", [("x-forwarded-client-cert", xfcc)])
-    assert r.status == 401, r  # not allowed; no token where the namespace's policy reads one
+    # Not allowed; a 403: the only rule that reads a token is on /jwt/*, no token would help here.
+    assert r.status == 403, r
     assert s.echo.requests == []
     r = s.request("frontend", "/api/items", [("x-forwarded-client-cert", xfcc)])
     assert r.status == 200, r

@@ -24,6 +24,7 @@ from extauthz.devenv.ca import Issued, issue_svid, make_ca
 from extauthz.identity.bundles import BundleSet
 from extauthz.identity.model import try_parse_spiffe_id
 from extauthz.identity.svid import SvidVerifier, thumbprint
+from extauthz.policy import PolicyError, load_text
 
 FRONTEND = "spiffe://example.org/ns/shop/sa/frontend"
 CA = make_ca("example.org")
@@ -84,7 +85,6 @@ def test_svid_via_intermediate_in_bundle() -> None:
         (issue_svid(CA, FRONTEND, key_cert_sign=True), "keyUsage"),
         (issue_svid(CA, FRONTEND, eku=[ExtendedKeyUsageOID.SERVER_AUTH]), "extendedKeyUsage"),
         (issue_svid(CA, "spiffe://example.org", common_name="x"), "path"),
-        (issue_svid(CA, "spiffe://example.org/ns/../sa/x"), "SPIFFE ID"),
     ],
 )
 def test_bad_certificates_denied(issued: Issued, needle: str) -> None:
@@ -93,6 +93,34 @@ def test_bad_certificates_denied(issued: Issued, needle: str) -> None:
     res = _peer(issued, principal=principal)
     assert res.status == 403 and res.reason == "invalid_peer_certificate", res
     assert needle in (res.error or "")
+
+
+# A URI SAN that is not a valid SPIFFE ID (the SPIFFE ID standard and go-spiffe require the scheme
+# exactly "spiffe://"): an invalid identity, never an alias of the workload it resembles.
+BAD_IDS = (
+    "SPIFFE://example.org/ns/shop/sa/frontend",
+    "Spiffe://example.org/ns/shop/sa/frontend",
+    "spiffe://example.org/ns/../sa/x",
+)
+
+
+@pytest.mark.parametrize("bad_id", BAD_IDS)
+def test_invalid_spiffe_id_is_an_invalid_identity(bad_id: str) -> None:
+    # As Envoy's source.principal (no certificate forwarded).
+    res = resolve(resolver("", bundles_of(CA)), principal=bad_id)
+    assert res.status == 403 and res.reason == "invalid_peer_identity", res
+    # As the certificate's URI SAN, with or without Envoy's principal, with or without a bundle.
+    cert = issue_svid(CA, bad_id)
+    for principal in (bad_id, ""):
+        for bundles in (bundles_of(CA), BundleSet()):
+            res = resolve(resolver("", bundles), principal=principal, certificate=cert_field(cert))
+            assert res.status == 403 and res.reason == "invalid_peer_identity", (principal, res)
+    # From a trusted proxy's XFCC element: URI, and Cert alone.
+    r = resolver("", bundles_of(CA), trusted=("10.0.0.0/24",))
+    proxy = "spiffe://example.org/ns/edge/sa/gateway"
+    for header in (_xfcc(bad_id), _xfcc(bad_id, cert), f'Cert="{cert_field(cert)}"'):
+        res = resolve(r, principal=proxy, headers={"x-forwarded-client-cert": header})
+        assert res.status == 403 and res.reason == "invalid_peer_identity", (header, res)
 
 
 def test_ca_certificate_as_leaf_denied() -> None:
@@ -174,6 +202,66 @@ def test_most_specific_peer_authentication_wins() -> None:
     r = resolver(mesh_strict + "---" + wl_port, bundles_of(CA))
     assert resolve(r, context_extensions={"app": "api"}).status == 200
     assert resolve(r, context_extensions={"app": "api"}, destination_port=9000).status == 403
+
+
+def _pa(name: str, namespace: str, spec: str) -> str:
+    return (
+        f"apiVersion: security.istio.io/v1\nkind: PeerAuthentication\n"
+        f"metadata: {{name: {name}, namespace: {namespace}}}\nspec: {spec}\n---\n"
+    )
+
+
+NS_STRICT = _pa("ns", "shop", "{mtls: {mode: STRICT}}")
+API = {"app": "api"}
+
+
+@pytest.mark.parametrize(
+    "root",
+    [
+        # Istio ignores a root-namespace resource with a selector: it overrides nothing...
+        _pa("root-wl", "istio-system", "{selector: {matchLabels: {app: api}}, mtls: {mode: DISABLE}}"),
+        _pa("root-wl", "istio-system", "{selector: {matchLabels: {app: api}}, mtls: {mode: PERMISSIVE}}"),
+        _pa(
+            "root-wl", "istio-system",
+            "{selector: {matchLabels: {app: api}}, portLevelMtls: {'8443': {mode: DISABLE}}}",
+        ),
+        # ... and one whose selector has no labels is mesh-wide: the lowest precedence.
+        _pa("mesh", "istio-system", "{selector: {}, mtls: {mode: PERMISSIVE}}"),
+        _pa("mesh", "istio-system", "{selector: {matchLabels: {}}, mtls: {mode: DISABLE}}"),
+    ],
+)
+def test_root_namespace_resource_never_overrides_a_namespace_strict(root: str) -> None:
+    r = resolver(root + NS_STRICT, bundles_of(CA))
+    for port in (8443, 9000):
+        res = resolve(r, principal="", context_extensions=API, destination_port=port)
+        assert res.status == 403 and res.reason == "peer_authentication_required", (port, res)
+    assert resolve(r, context_extensions=API, certificate=cert_field(GOOD)).status == 200
+
+
+def test_empty_selector_is_namespace_or_mesh_level() -> None:
+    mesh_strict = _pa("mesh", "istio-system", "{selector: {}, mtls: {mode: STRICT}}")
+    ns_permissive = _pa("ns", "shop", "{selector: {}, mtls: {mode: PERMISSIVE}}")
+    # The namespace's selector: {} is namespace-wide: it beats the mesh-wide STRICT...
+    r = resolver(mesh_strict + ns_permissive, bundles_of(CA))
+    assert resolve(r, principal="", context_extensions=API).status == 200
+    # ... and a workload resource (with labels) beats it.
+    wl = _pa("wl", "shop", "{selector: {matchLabels: {app: api}}, mtls: {mode: STRICT}}")
+    r = resolver(mesh_strict + ns_permissive + wl, bundles_of(CA))
+    assert resolve(r, principal="", context_extensions=API).status == 403
+    assert resolve(r, principal="", context_extensions={"app": "web"}).status == 200
+    # The mesh-wide one applies where nothing more specific does.
+    other = resolve(r, principal="", destination_principal="spiffe://example.org/ns/other/sa/x")
+    assert other.status == 403
+
+
+@pytest.mark.parametrize("namespace", ["istio-system", "shop"])
+@pytest.mark.parametrize("selector", ["", "selector: {}, ", "selector: {matchLabels: {}}, "])
+def test_port_level_mtls_without_workload_selector_is_refused(namespace: str, selector: str) -> None:
+    # Istio rejects portLevelMtls on mesh- and namespace-level resources: an invalid resource.
+    ports = "portLevelMtls: {'8080': {mode: DISABLE}}"
+    text = _pa("pa", namespace, f"{{{selector}mtls: {{mode: STRICT}}, {ports}}}")
+    with pytest.raises(PolicyError, match="portLevelMtls needs a selector"):
+        load_text(text)
 
 
 # ----------------------------------------------------------------------------- XFCC

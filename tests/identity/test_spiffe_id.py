@@ -9,7 +9,6 @@ from extauthz.identity.model import SpiffeIdError, parse_spiffe_id
 VALID = [
     ("spiffe://example.org", "example.org", ""),
     ("spiffe://example.org/ns/shop/sa/frontend", "example.org", "/ns/shop/sa/frontend"),
-    ("SPIFFE://example.org/a", "example.org", "/a"),
     ("spiffe://td-1_x.y/A.b-c_D", "td-1_x.y", "/A.b-c_D"),
 ]
 
@@ -33,6 +32,10 @@ INVALID = [
     "td/p",
     "",
     "spiffe://Example.org/p",  # strict reading: trust domains are lower case
+    # The scheme is exactly "spiffe" (the standard, go-spiffe): never an alias of spiffe://.
+    "SPIFFE://example.org/a",
+    "Spiffe://example.org/a",
+    "spiFFe://example.org/a",
     "spiffe://td/p/",
     "spiffe://td/p q",
     "spiffe://td/caf\u00e9",

@@ -304,3 +304,22 @@ def test_mistyped_rule_fields_fail_closed() -> None:
         f'{{issuer: "{ISSUER}", jwks: {{keys: [{json.dumps(jwk(RSA_KEY, "k1"))}]}}}}'
     )
     assert resolve(resolver(ra), headers=bearer(mint())).identity.token is not None
+
+
+@pytest.mark.parametrize(
+    ("extra", "query", "removed"),
+    [
+        ("", "access_token={t}&x=1", ["access_token"]),  # Istio's default parameter
+        (", fromParams: [token]", "x=1&token={t}", ["token"]),
+        (", fromParams: [token], forwardOriginalToken: true", "token={t}", []),
+    ],
+)
+def test_query_token_removed_upstream_unless_forwarded(extra: str, query: str, removed: list[str]) -> None:
+    engine = compile_policies(load_text(request_authn(inline_rule(extra=extra)) + _ALLOW_AUTHENTICATED))
+    core = CheckCore(lambda: engine, IdentityContext())
+    path = "/api/items?" + query.format(t=mint())
+    body, _, decision = core.check(check_request(path=path).SerializeToString())
+    assert decision.allowed, decision
+    ok = ext.CheckResponse.FromString(body).ok_response
+    assert list(ok.query_parameters_to_remove) == removed
+    assert "authorization" not in ok.headers_to_remove  # the token was not in a header

@@ -36,7 +36,7 @@ from helpers import envoy_binary
 from prometheus_client import generate_latest
 
 from extauthz._pb.envoy.service.auth.v3 import external_auth_pb2 as ext
-from extauthz.cli import _parser
+from extauthz.cli_args import parser as _parser
 from extauthz.metrics import Metrics
 from extauthz.pipeline import CheckCore
 from extauthz.policy import PolicyError, compile_policies, load_directory, load_text

@@ -15,6 +15,7 @@ from helpers.identity import claims, inline_rule, mint, peer_authn, request_auth
 
 from extauthz.cli import main
 from extauthz.decision.audit import AuditLog, FileSink
+from extauthz.decision.decision import decide_input
 from extauthz.pipeline import CheckCore
 from extauthz.policy import compile_policies, load_text
 from extauthz.tools import replay as rp
@@ -105,7 +106,8 @@ def test_the_log_covers_every_outcome(tmp_path: Path) -> None:
     got = {n: (r["allowed"], r["reason"]) for n, r in log.records.items()}
     assert got == {
         "items": (True, "allowed"), "orders": (True, "allowed"), "web": (True, "allowed"),
-        "post": (False, "authentication_required"), "stranger": (False, "authentication_required"),
+        # No token, but the only rule that reads one is on /admin/*: no token would help, 403.
+        "post": (False, "no_matching_policy"), "stranger": (False, "no_matching_policy"),
         "admin": (True, "allowed"), "not-admin": (False, "no_matching_policy"),
         "bad-token": (False, "invalid_token"), "bad-path": (False, "invalid_request"),
     }
@@ -241,7 +243,7 @@ def test_exit_status_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     [flip] = doc["flipped"]
     assert flip["decision_id"] == log.records["orders"]["decision_id"]
     assert flip["before"]["policy"] == "shop/api-read"
-    assert flip["after"]["reason"] == "authentication_required"  # no token, the admins rule reads one
+    assert flip["after"]["reason"] == "no_matching_policy"  # no token would help on /api/orders
     assert flip["time"] == log.records["orders"]["time"]
     # Errors: exit 2.
     empty = tmp_path / "empty.log"
@@ -264,3 +266,27 @@ def test_trust_bundles_are_accepted_with_a_note(
     assert "not verified again" in capsys.readouterr().err
     argv[4] = f"example.org={tmp_path / 'nope.pem'}"
     assert main(argv) == 2
+
+
+def test_replay_answers_401_only_where_a_token_would_allow(tmp_path: Path) -> None:
+    # Recorded without a token. Replayed against Istio's "require a JWT" DENY on /api/items:
+    # a token would lift it (and api-read allows), so "items" becomes a 401, not a plain 403;
+    # "post" stays a 403 (no policy would allow it, token or not).
+    log = write_log(tmp_path)
+    require_jwt = BASE + """
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: require-jwt, namespace: shop}
+spec:
+  action: DENY
+  rules:
+  - from: [{source: {notRequestPrincipals: ["*"]}}]
+    to: [{operation: {paths: ["/api/items"]}}]
+"""
+    engine = compile_policies(load_text(require_jwt))
+    items = decide_input(engine, log.records["items"]["input"])
+    assert items is not None and (items.status, items.reason) == (401, "authentication_required")
+    assert items.policy == "shop/require-jwt"
+    post = decide_input(engine, log.records["post"]["input"])
+    assert post is not None and (post.status, post.reason) == (403, "denied_by_policy")
