@@ -24,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO / "bench") not in sys.path:  # bench/bodies.py, also when this file is loaded by path
+    sys.path.insert(0, str(REPO / "bench"))
 RESULTS = REPO / "bench" / "results"
 CHECK_PATH = "/envoy.service.auth.v3.Authorization/Check"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -173,39 +175,33 @@ def grpc_frame(message: bytes) -> bytes:
     return b"\x00" + struct.pack(">I", len(message)) + message
 
 
-BEARER = (
-    # A ~600-byte RS256-shaped JWT (header.payload.signature). Not verified by anything here:
-    # it makes the request as large as a real one.
-    "eyJhbGciOiJSUzI1NiIsImtpZCI6ImJlbmNoLWtleS0xIiwidHlwIjoiSldUIn0."
-    "eyJpc3MiOiJodHRwczovL2lzc3Vlci5leGFtcGxlLm9yZyIsInN1YiI6InVzZXItMTIzNDU2Nzg5MCIsImF1ZCI6"
-    "WyJhcGkuZXhhbXBsZS5vcmciXSwiZXhwIjo0MTAyNDQ0ODAwLCJpYXQiOjE3MDAwMDAwMDAsImdyb3VwcyI6WyJk"
-    "ZXZlbG9wZXJzIiwicmVhZGVycyJdLCJzY29wZSI6InJlYWQ6aXRlbXMgd3JpdGU6aXRlbXMifQ." + "A" * 342
-)
+def check_request_bytes(*, allowed: bool = True, token: bool = True, i: int = 0) -> bytes:
+    """A realistic CheckRequest: SPIFFE principal, ~10 headers, a ~600-byte bearer JWT (the
+    ``i``-th of its kind: request id, time and trace headers differ with ``i``, bench/bodies.py)."""
+    from bodies import BEARER, check_request
 
-
-def check_request_bytes(*, allowed: bool = True, token: bool = True) -> bytes:
-    """A realistic CheckRequest: SPIFFE principal, ~10 headers, a ~600-byte bearer JWT."""
-    from extauthz.tools.samples import check_request
-
-    headers = {
-        "user-agent": "bench/1.0",
-        "accept": "application/json",
-        "x-request-id": "",
-        "x-b3-traceid": "80f198ee56343ba864fe8b2a57d3eff7",
-        "x-b3-spanid": "e457b5a2e4d86bd1",
-        "content-type": "application/json",
-        "accept-encoding": "gzip",
-        "x-forwarded-proto": "https",
-        "x-envoy-expected-rq-timeout-ms": "250",
-    }
-    if token:
-        headers["authorization"] = "Bearer " + BEARER
-    msg = check_request(
-        path="/api/items" if allowed else "/admin/users",
-        headers=headers,
-        certificate="",
+    return check_request(
+        i, path="/api/items" if allowed else "/admin/users", token=BEARER if token else None, marker=False
     )
-    return bytes(msg.SerializeToString())
+
+
+# --------------------------------------------------------------------------- pinning
+
+# ``--pin`` (the loads' default on a machine with 2 or more CPUs): the server under test and
+# everything it runs (workers, audit writer) on CPU 0, the load generator on CPU 1.
+PIN: dict[str, str] = {}
+
+
+def set_pinning(on: bool) -> None:
+    PIN.clear()
+    if on and (os.cpu_count() or 1) >= 2 and which("taskset"):
+        PIN.update({"server": "0", "load": "1"})
+
+
+def pinned(cmd: Sequence[str], who: str = "server") -> list[str]:
+    """``cmd`` under ``taskset -c CPU`` when pinning is on."""
+    cpu = PIN.get(who)
+    return ["taskset", "-c", cpu, *cmd] if cpu is not None else list(cmd)
 
 
 # --------------------------------------------------------------------------- h2load
@@ -237,15 +233,24 @@ def h2load(
     conns: int = 4,
     streams: int = 16,
     body: bytes | None = None,
+    bodies: Any = None,
     headers: Sequence[str] = (),
     rate: float | None = None,
     warmup: float = 1.0,
 ) -> Load:
-    """Run h2load for ``seconds`` (plus warm-up). ``rate``: open loop, total requests/s."""
+    """Run h2load for ``seconds`` (plus warm-up). ``rate``: open loop, total requests/s.
+
+    ``body``: the same bytes every request; ``bodies`` (a ``bodies.BodySet``, gRPC-framed here):
+    a different body every request (bench/bodies.py)."""
     need("h2load", "nghttp2-client")
+    env = None
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = ["h2load", "-t", "1", "-c", str(conns), "-m", str(streams)]
-        if body is not None:
+        cmd = pinned(["h2load", "-t", "1", "-c", str(conns), "-m", str(streams)], "load")
+        if bodies is not None:
+            data, extra = bodies.files(Path(tmp))
+            env = {**os.environ, **extra}
+            cmd += ["-d", str(data)]
+        elif body is not None:
             (Path(tmp) / "body").write_bytes(body)
             cmd += ["-d", f"{tmp}/body"]
         for h in headers:
@@ -255,12 +260,13 @@ def h2load(
         cmd.append(url)
         if warmup:  # a separate short run: h2load's own --warm-up-time trips some servers
             subprocess.run(
-                [*cmd[:1], "-D", str(max(1, round(warmup))), *cmd[1:]],
+                [*cmd, "-D", str(max(1, round(warmup)))],
                 capture_output=True,
                 timeout=warmup + 60,
+                env=env,
             )
-        cmd[1:1] = ["-D", str(max(1, round(seconds))), "--log-file", f"{tmp}/log"]
-        run = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60)
+        cmd += ["-D", str(max(1, round(seconds))), "--log-file", f"{tmp}/log"]
+        run = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 60, env=env)
         out = run.stdout
         durations: list[int] = []
         statuses: dict[str, int] = {}
@@ -292,8 +298,12 @@ def h2load(
 GRPC_HEADERS = ("content-type: application/grpc", "te: trailers")
 
 
-def load_grpc(port: int, body: bytes, **kw: Any) -> Load:
-    return h2load(f"http://127.0.0.1:{port}{CHECK_PATH}", body=grpc_frame(body), headers=GRPC_HEADERS, **kw)
+def load_grpc(port: int, body: Any, **kw: Any) -> Load:
+    """h2load Check calls: ``body`` is one CheckRequest's bytes or a ``bodies.BodySet``."""
+    url = f"http://127.0.0.1:{port}{CHECK_PATH}"
+    if isinstance(body, bytes | bytearray):
+        return h2load(url, body=grpc_frame(body), headers=GRPC_HEADERS, **kw)
+    return h2load(url, bodies=body, headers=GRPC_HEADERS, **kw)
 
 
 def measure(pids: Mapping[str, int], run: Any, warm: Any = None) -> tuple[Load, dict[str, float]]:
@@ -393,7 +403,7 @@ def row(name: str, load: Load, split: dict[str, float] | None = None, **more: An
 
 
 def grpc_point(
-    pids: Mapping[str, int], port: int, body: bytes, seconds: float, **kw: Any
+    pids: Mapping[str, int], port: int, body: Any, seconds: float, **kw: Any
 ) -> tuple[Load, dict[str, float]]:
     """One measured h2load point at a gRPC server: 1 s warm-up, then ``seconds`` measured,
     with the CPU split of the measured window only."""

@@ -12,13 +12,16 @@ from __future__ import annotations
 import argparse
 import collections
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _common import RESULTS, check_request_bytes, free_port, load_grpc, need, started, which
+from _common import RESULTS, free_port, load_grpc, need, pinned, set_pinning, started, which
+from bodies import body_set
 
 IDLE = (
     "Condition.wait",
@@ -36,13 +39,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--transport", default="h2corn")
     p.add_argument("--policies", default="policies")
     p.add_argument("--top", type=int, default=25)
+    p.add_argument("--connections", type=int, default=16)
+    p.add_argument("--streams", type=int, default=8)
+    p.add_argument("--no-pin", action="store_true", help="do not pin the service to CPU 0, h2load to CPU 1")
     args = p.parse_args(argv)
     need("h2load", "nghttp2-client")
     spy_bin = which("py-spy")
     if not spy_bin:
         sys.exit("py-spy is missing: pip install py-spy")
     RESULTS.mkdir(parents=True, exist_ok=True)
+    set_pinning(not args.no_pin)
     port = free_port()
+    audit_dir = tempfile.mkdtemp(prefix="bench-profile-")
     cmd = [
         sys.executable,
         "-m",
@@ -53,21 +61,22 @@ def main(argv: list[str] | None = None) -> int:
         "--listen",
         f"127.0.0.1:{port}",
         "--audit-log",
-        os.devnull,
+        os.path.join(audit_dir, "audit.jsonl"),  # a real file, as in production
         "--transport",
         args.transport,
     ]
-    body = check_request_bytes()
+    body = body_set("allow")  # a different request each time (bench/bodies.py)
+    kw = {"conns": args.connections, "streams": args.streams}
     raw = RESULTS / "profile.txt"
-    with started("extauthz", cmd, port=port) as proc:
+    with started("extauthz", pinned(cmd), port=port) as proc:
         load = threading.Thread(
-            target=load_grpc, args=(port, body), kwargs={"seconds": args.seconds + 2, "warmup": 0}
+            target=load_grpc, args=(port, body), kwargs={"seconds": args.seconds + 2, "warmup": 0, **kw}
         )
         load.start()
         spy = [spy_bin, "record", "-p", str(proc.pid), "-d", str(max(1, round(args.seconds))), "-r", "250"]
         subprocess.run([*spy, "-f", "raw", "-o", str(raw)], capture_output=True, check=False)
         load.join()
-        load = threading.Thread(target=load_grpc, args=(port, body), kwargs={"seconds": 4, "warmup": 0})
+        load = threading.Thread(target=load_grpc, args=(port, body), kwargs={"seconds": 4, "warmup": 0, **kw})
         load.start()
         subprocess.run(
             [*spy[:6], "2", "-r", "250", "-f", "flamegraph", "-o", str(RESULTS / "profile.svg")],
@@ -75,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
             check=False,
         )
         load.join()
+    shutil.rmtree(audit_dir, ignore_errors=True)
     inclusive: collections.Counter[str] = collections.Counter()
     own: collections.Counter[str] = collections.Counter()
     total = 0

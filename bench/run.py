@@ -52,6 +52,7 @@ COMMANDS = {
     "identity": "identity_cost",
     "cache": "cache_cost",
     "hotpath": "hotpath",
+    "memory": "memory_cost",
     "replay": "replay_cost",
     "soak": "soak",
     "slow-streams": "slow_streams",

@@ -21,11 +21,11 @@ from google.protobuf.message import DecodeError
 from extauthz import reasons
 from extauthz._pb.envoy.service.auth.v3 import external_auth_pb2 as ext
 from extauthz.decision.audit import OVERFLOW_DENY, AuditLog, rfc3339, rfc3339_now
-from extauthz.decision.cache import DecisionCache
+from extauthz.decision.cache import DecisionCache, Key
 from extauthz.decision.decision import Decision, cache_hit, decide, new_decision_id
 from extauthz.decision.inputs import Exclusions, InputPlan, plan_for, record_input
 from extauthz.decision.quarantine import Quarantine, caller_of
-from extauthz.decision.record import audit_record, quarantine_record
+from extauthz.decision.record import audit_record, hit_record, quarantine_record
 from extauthz.decision.render import prepare, render
 from extauthz.decision.tracing import Tracer
 from extauthz.envoy import response
@@ -47,6 +47,17 @@ _NOT_THE_CALLERS_FAULT = frozenset(
         reasons.DEADLINE_EXCEEDED,
     }
 )
+
+
+def _record_again(decision: Decision, req: RequestView | None, record: dict[str, Any]) -> dict[str, Any]:
+    """The record of ``decision`` that replaces ``record`` (a late or unauditable allow turned
+    deny), from the view or, for a hit answered without one, from the decision's input."""
+    latency = record.get("latency_us", 0)
+    if req is None and record.get("request") is not None:
+        again = hit_record(decision, record.get("request_id", ""), latency)
+        if again is not None:
+            return again
+    return audit_record(decision, req, latency)
 
 
 class CheckCore:
@@ -124,7 +135,7 @@ class CheckCore:
                 input=decision.input,
             )
             body = self._render_safely(decision)
-            record = audit_record(decision, req, record.get("latency_us", 0))
+            record = _record_again(decision, req, record)
         return self._audit_and_count(body, record, decision, req, start)
 
     def answer_malformed(self, error: str, reason: str = reasons.MALFORMED) -> bytes:
@@ -166,7 +177,7 @@ class CheckCore:
                 input=decision.input,
             )
             body = self._render_safely(decision)
-            audit.emit(audit_record(decision, req, record.get("latency_us", 0)))
+            audit.emit(_record_again(decision, req, record))
         m = self.metrics
         if m is not None:
             m.observe(decision.allowed, decision.reason, time.perf_counter() - start)
@@ -183,10 +194,11 @@ class CheckCore:
         return body
 
     def _decide(
-        self, engine: Engine | None, req: RequestView
+        self, engine: Engine | None, req: RequestView, key: Key | None = None
     ) -> tuple[Decision, response.Prepared | None]:
         """Quarantine, then the cache, then ``decide``: the decision and, when it came from or
-        went to the cache, its prepared response."""
+        went to the cache, its prepared response. ``key``: the request's cache key, already
+        looked up and missed (``_check``'s hit path)."""
         q = self.quarantine
         if q is not None:
             quarantined, event = q.check(caller_of(req, self.identity.trusted))
@@ -205,11 +217,11 @@ class CheckCore:
             return self._with_headers(decide(engine, req, resolver, plan)), None
         # The key (it holds the bundle generation) before the resolver (it holds the bundles):
         # a swap in between then files this decision under the old generation, never the new.
-        key = cache.key(engine, req)
-        resolver = self.identity.resolver(engine.policies)
-        cached: tuple[Decision, response.Prepared] | None = cache.get(key)
-        if cached is not None:
-            return cache_hit(cached[0], new_decision_id()), cached[1]
+        if key is None:
+            key = cache.key(engine, req)
+            cached: tuple[Decision, response.Prepared] | None = cache.get(key)
+            if cached is not None:
+                return cache_hit(cached[0], new_decision_id()), cached[1]
         resolver = self.identity.resolver(engine.policies)
         decision = self._with_headers(decide(engine, req, resolver, self._input_plan(engine)))
         if decision.reason not in reasons.CACHEABLE or decision.error is not None:
@@ -242,6 +254,21 @@ class CheckCore:
             log.exception("cannot render a deny response; using the static one")
             return response.STATIC_DENY
 
+    def _hit(
+        self, cached: tuple[Decision, response.Prepared] | None, msg: ext.CheckRequest, start: int
+    ) -> tuple[bytes, dict[str, Any], Decision, RequestView | None] | None:
+        """The answer to a cache hit found by ``message_key`` (None: decide as usual)."""
+        if cached is None:
+            return None
+        decision = cache_hit(cached[0], new_decision_id())
+        http = msg.attributes.request.http
+        request_id = http.headers.get("x-request-id", "") or http.id
+        body = render(decision, self._managed, cached[1])
+        record = hit_record(decision, request_id, (time.perf_counter_ns() - start) // 1000)
+        if record is None:  # a cached decision always has its input: never, but fail safe
+            return None
+        return body, record, decision, None
+
     def _check(
         self, parse: Callable[[], ext.CheckRequest]
     ) -> tuple[bytes, dict[str, Any], Decision, RequestView | None]:
@@ -249,15 +276,31 @@ class CheckCore:
         req: RequestView | None = None
         prepared: response.Prepared | None = None  # the cached response, but its decision id
         engine = self._current_engine()  # read once: the whole check sees one policy set
+        key: Key | None = None
         try:
             try:
-                req = from_check_request(parse())
+                msg = parse()
+                cache = self.cache
+                # A cache hit answered from the message's fields: no request view built. Not
+                # with a quarantine (it reads the view first) or a tracer (it reads the headers).
+                if (
+                    cache is not None
+                    and engine is not None
+                    and self.quarantine is None
+                    and self.tracer is None
+                ):
+                    key = cache.message_key(engine, msg)
+                    if key is not None:
+                        hit = self._hit(cache.get(key), msg, start)
+                        if hit is not None:
+                            return hit
+                req = from_check_request(msg)
             except (DecodeError, ValueError, UnicodeError) as exc:
                 decision = Decision(
                     False, 403, reasons.MALFORMED, new_decision_id(), error=f"undecodable: {exc}"
                 )
             else:
-                decision, prepared = self._decide(engine, req)
+                decision, prepared = self._decide(engine, req, key)
             body = render(decision, self._managed, prepared)
         except Exception:  # fail closed, whatever happened
             log.exception("internal error while checking a request")

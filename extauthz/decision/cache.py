@@ -24,6 +24,11 @@ certificate's ``notAfter``. Only allows, policy denies and the 401 of a missing 
 (``reasons.CACHEABLE``) are stored; errors, malformed and non-canonical requests, invalid
 credentials are decided again every time.
 
+A cache hit does not need the request view: ``message_key`` computes the same key from the decoded
+CheckRequest's fields (and refuses, returning None, wherever ``from_check_request`` would build
+the view differently or mark the request non-canonical), and CheckCore answers the hit from the
+stored response bytes and the cached decision's ``input`` (issue 14).
+
 ``bundle_generation`` is the hook for trust material: a callable returning a number that grows
 with every change of trust bundles or JWKS (``IdentityContext.trust_generation``); every entry
 stored before a change stops matching.
@@ -40,7 +45,13 @@ from typing import Any
 
 from cachetools import LRUCache
 
-from extauthz.envoy.request import RequestView
+from extauthz.envoy.request import (
+    AUTHORITY,
+    METHOD_TOKEN,
+    RequestView,
+    path_problem,
+    split_host,
+)
 from extauthz.policy.engine import Engine
 
 DIGEST = "sha256"
@@ -109,6 +120,55 @@ def make_key(plan: KeyPlan, bundle_generation: int, req: RequestView) -> Key:
     )
 
 
+def message_key(plan: KeyPlan, bundle_generation: int, msg: Any) -> Key | None:
+    """``make_key(plan, bundle_generation, from_check_request(msg))`` read straight from the
+    decoded CheckRequest, without building the view: what a cache hit needs.
+
+    None whenever the view would differ from these raw fields or mark the request as not
+    canonical (then the caller builds the view and decides as usual): a header name that is not
+    lower case, headers only in ``header_map``, a path, method or host ``from_check_request``
+    would refuse. tests/decision/test_cache_message_key.py holds it equal to ``make_key``.
+    """
+    attrs = msg.attributes
+    http = attrs.request.http
+    h = http.headers
+    if not h:
+        return None  # maybe header_map: the view joins it
+    names = "".join(h)
+    if names != names.lower():
+        return None  # the view lowers names (and refuses clashes)
+    raw_path = http.path or h.get(":path", "")
+    path, sep, query = raw_path.partition("?")
+    method = http.method or h.get(":method", "")
+    host = http.host or h.get(":authority", "") or h.get("host", "")
+    if (
+        path_problem(path) is not None
+        or not METHOD_TOKEN.fullmatch(method)
+        or (host and not AUTHORITY.fullmatch(host))
+    ):
+        return None
+    src, dst = attrs.source, attrs.destination
+    dst_sock = dst.address.socket_address
+    ext = attrs.context_extensions
+    return (
+        plan.generation,
+        bundle_generation,
+        tuple(sorted(ext.items())) if ext else (),
+        src.principal,
+        _v(src.certificate),
+        src.address.socket_address.address,
+        dst.principal,
+        dst_sock.address,
+        int(dst_sock.port_value),
+        attrs.tls_session.sni,
+        method.upper(),
+        split_host(host),
+        path,
+        _v(query if sep else "") if plan.query else None,
+        tuple(_v(h.get(name)) for name in plan.headers),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Entry:
     value: Any
@@ -141,6 +201,15 @@ class DecisionCache:
         self.misses = 0
 
     def key(self, engine: Engine, req: RequestView) -> Key:
+        return make_key(self.plan(engine), self.bundle_generation(), req)
+
+    def message_key(self, engine: Engine, msg: Any) -> Key | None:
+        """``key(engine, from_check_request(msg))`` without the view, or None (see
+        ``message_key``)."""
+        return message_key(self.plan(engine), self.bundle_generation(), msg)
+
+    def plan(self, engine: Engine) -> KeyPlan:
+        """The key plan of ``engine`` (computed once per policy set)."""
         p = self._plan
         if p is None or p[0] is not engine:
             plan = plan_for(engine)
@@ -151,7 +220,7 @@ class DecisionCache:
                 self._plan = (engine, plan)
         else:
             plan = p[1]
-        return make_key(plan, self.bundle_generation(), req)
+        return plan
 
     def get(self, key: Key) -> Any | None:
         now = self.clock()

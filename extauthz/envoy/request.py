@@ -59,6 +59,10 @@ _UTF8_ESCAPED_PATH = re.compile(
 )
 # RFC 9110 token: a method never carries spaces or separators.
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+# What from_check_request checks a method and a host against (the decision cache's message_key
+# applies the same checks).
+METHOD_TOKEN = _TOKEN
+AUTHORITY = _AUTHORITY
 
 
 def path_problem(path: str) -> str | None:

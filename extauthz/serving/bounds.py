@@ -20,7 +20,6 @@ applies.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -106,35 +105,34 @@ async def read_body(receive: Receive, limits: Limits, conn: ConnectionKey) -> tu
     size = len(chunk)
     held = 0
     budget = limits.budget
-    deadline = time.monotonic() + limits.timeout
     try:
         if not budget.take(conn, size):
             return b"", BUDGET
         held = size
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return b"", TIMEOUT
-            try:
-                msg = await asyncio.wait_for(receive(), left)
-            except TimeoutError:
-                return b"", TIMEOUT
-            if msg["type"] != "http.request":
-                return b"", GONE
-            chunk = msg.get("body", b"")
-            if chunk:
-                size += len(chunk)
-                header_done = size - len(chunk) < 5 <= size
-                if size > limits.max_body or (
-                    header_done and _declares_too_much(b"".join((*chunks, chunk)), limits.max_body)
-                ):
-                    return b"", TOO_LARGE
-                if not budget.take(conn, len(chunk)):
-                    return b"", BUDGET
-                held += len(chunk)
-                chunks.append(chunk)
-            if not msg.get("more_body", False):
-                return b"".join(chunks), None
+        # One timer for the whole body (asyncio.timeout), not a task per receive (wait_for):
+        # the rest of a body usually arrives in one more message.
+        async with asyncio.timeout(limits.timeout):
+            while True:
+                msg = await receive()
+                if msg["type"] != "http.request":
+                    return b"", GONE
+                chunk = msg.get("body", b"")
+                if chunk:
+                    size += len(chunk)
+                    header_done = size - len(chunk) < 5 <= size
+                    if size > limits.max_body or (
+                        header_done
+                        and _declares_too_much(b"".join((*chunks, chunk)), limits.max_body)
+                    ):
+                        return b"", TOO_LARGE
+                    if not budget.take(conn, len(chunk)):
+                        return b"", BUDGET
+                    held += len(chunk)
+                    chunks.append(chunk)
+                if not msg.get("more_body", False):
+                    return b"".join(chunks), None
+    except TimeoutError:
+        return b"", TIMEOUT
     finally:
         chunks.clear()
         budget.give(conn, held)
