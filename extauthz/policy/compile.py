@@ -7,6 +7,7 @@ any operation, any source, every condition; its named checks explain which part 
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -121,6 +122,34 @@ def _paths(values: Sequence[str]) -> Matcher:
     return compile_matcher(values, paths=True)
 
 
+def _service_accounts(values: Sequence[str]) -> Callable[[str], bool]:
+    """``ns/sa`` (resolved at load) against a principal ``<any trust domain>/ns/NS/sa/SA``."""
+    wanted = frozenset(values)
+
+    def match(principal: str) -> bool:
+        parts = principal.split("/")
+        return (
+            len(parts) == 5 and parts[1] == "ns" and parts[3] == "sa"
+            and f"{parts[2]}/{parts[4]}" in wanted
+        )
+
+    return match
+
+
+def _trust_domains(values: Sequence[str]) -> Callable[[str], bool]:
+    """The trust-domain part of the principal; a ``*`` stands for any run of characters but '/'."""
+    regex = re.compile("|".join(
+        "[^/]+" if v == "*" else "[^/]*".join(re.escape(part) for part in v.split("*"))
+        for v in values
+    ))
+
+    def match(principal: str) -> bool:
+        td = principal.partition("/")[0]
+        return bool(td) and regex.fullmatch(td) is not None
+
+    return match
+
+
 @dataclass(frozen=True, slots=True)
 class Readers:
     remote_ip: Reader
@@ -138,6 +167,14 @@ def _compile_source(src: Source, prefix: str, rd: Readers) -> tuple[Check, ...]:
     _field(
         out, prefix, "remoteIpBlocks", src.remote_ip_blocks, src.not_remote_ip_blocks,
         rd.remote_ip, _ip_matcher,
+    )
+    _field(
+        out, prefix, "serviceAccounts", src.service_accounts, src.not_service_accounts,
+        read_principal, _service_accounts,
+    )
+    _field(
+        out, prefix, "trustDomains", src.trust_domains, src.not_trust_domains,
+        read_principal, _trust_domains,
     )
     return tuple(out)
 

@@ -1,7 +1,8 @@
 """String matchers for Istio's value forms, compiled once per policy load.
 
 Forms: exact ``abc``, prefix ``abc*``, suffix ``*abc``, presence ``*`` (any non-empty value), and
-for paths the templates ``{*}`` (one whole segment) and ``{**}`` (one or more segments, last).
+for paths the templates ``{*}`` (one whole segment) and ``{**}`` (zero or more characters, '/'
+included; the last operator), as Envoy's uri_template matches them.
 """
 
 from __future__ import annotations
@@ -46,7 +47,12 @@ class Matcher:
 def compile_matcher(
     patterns: Iterable[str], *, paths: bool = False, fold_case: bool = False
 ) -> Matcher:
-    """Compile Istio value patterns. ``paths`` enables ``{*}``/``{**}`` templates."""
+    """Compile Istio value patterns as Istio hands them to Envoy (``StringMatcherWithPrefix``).
+
+    ``*`` is presence (any non-empty value); a leading ``*`` makes a suffix and a trailing one a
+    prefix (the rest is literal); any other ``*`` is literal text (Istio matches ``a*b`` exactly).
+    ``paths`` enables the ``{*}``/``{**}`` templates (Envoy's uri_template).
+    """
     exact: set[str] = set()
     prefixes: list[str] = []
     suffixes: list[str] = []
@@ -54,20 +60,16 @@ def compile_matcher(
     presence = False
     for raw in patterns:
         p = raw.lower() if fold_case else raw
-        if paths and "{" in p:
+        if paths and ("{*}" in p or "{**}" in p):
             templates.append(_compile_template(p))
+        elif paths and ("{" in p or "}" in p):
+            raise PatternError(f"{raw!r}: '{{' and '}}' are only allowed in '{{*}}' and '{{**}}'")
         elif p == "*":
             presence = True
         elif p.startswith("*"):
-            if "*" in p[1:]:
-                raise PatternError(f"{raw!r}: '*' may only stand at the start or the end")
             suffixes.append(p[1:])
         elif p.endswith("*"):
-            if "*" in p[:-1]:
-                raise PatternError(f"{raw!r}: '*' may only stand at the start or the end")
             prefixes.append(p[:-1])
-        elif "*" in p:
-            raise PatternError(f"{raw!r}: '*' may only stand at the start or the end")
         else:
             exact.add(p)
     return Matcher(
@@ -80,23 +82,40 @@ def compile_matcher(
     )
 
 
+# Envoy's uri_template (envoy.extensions.path.match.uri_template): ``*`` is one path segment of
+# pchars, ``**`` zero or more pchars and '/'. Neither matches a literal '*'.
+_PCHARS = r"a-zA-Z0-9\-._~%!$&'()+,;:@="
+_ONE = f"[{_PCHARS}]+"
+_ANY = f"[{_PCHARS}/]*"
+_LITERAL = re.compile(f"[{_PCHARS}]+")
+
+
 def _compile_template(pattern: str) -> re.Pattern[str]:
-    """Compile an Istio path template (``/foo/{*}/bar``, ``/foo/{**}``) to a regex."""
+    """Compile an Istio path template (``/foo/{*}/bar``, ``/foo/{**}``, ``/{**}/x``) to a regex.
+
+    Istio's rules: ``{*}``/``{**}`` are whole segments; ``{**}`` is the last operator (literal
+    segments may follow it); literal segments are pchars (no '*').
+    """
     if not pattern.startswith("/"):
         raise PatternError(f"{pattern!r}: a path template must start with '/'")
-    if "*" in pattern.replace("{*}", "").replace("{**}", ""):
-        raise PatternError(f"{pattern!r}: a path template cannot mix '*' with '{{*}}' or '{{**}}'")
-    segments = pattern[1:].split("/")
+    segments = pattern.split("/")
     out: list[str] = []
+    seen_any = False
     for i, seg in enumerate(segments):
-        if seg == "{*}":
-            out.append(r"[^/]+")
-        elif seg == "{**}":
-            if i != len(segments) - 1:
+        if seg in ("{*}", "{**}"):
+            if seen_any:
                 raise PatternError(f"{pattern!r}: '{{**}}' must be the last operator")
-            out.append(r"[^/]+(?:/[^/]+)*")
+            seen_any = seg == "{**}"
+            out.append(_ANY if seen_any else _ONE)
         elif "{" in seg or "}" in seg:
             raise PatternError(f"{pattern!r}: '{{*}}'/'{{**}}' must be a whole segment")
+        elif seg == "" and i in (0, len(segments) - 1):
+            out.append("")
+        elif not _LITERAL.fullmatch(seg):
+            raise PatternError(
+                f"{pattern!r}: segment {seg!r} of a path template is not a literal "
+                "(no '*', no empty segment)"
+            )
         else:
             out.append(re.escape(seg))
-    return re.compile("/" + "/".join(out))
+    return re.compile("/".join(out))

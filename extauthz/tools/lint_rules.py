@@ -128,7 +128,10 @@ def _fields_cover(a: Any, b: Any, names: Iterable[str], norm: Mapping[str, Any])
     return True
 
 
-_SOURCE = ("principals", "request_principals", "namespaces", "ip_blocks", "remote_ip_blocks")
+_SOURCE = (
+    "principals", "request_principals", "namespaces", "ip_blocks", "remote_ip_blocks",
+    "service_accounts", "trust_domains",
+)
 _OPERATION = ("hosts", "ports", "methods", "paths")
 _OP_NORM = {"hosts": str.lower, "methods": str.upper}
 
