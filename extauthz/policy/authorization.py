@@ -6,6 +6,7 @@ import ipaddress
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from extauthz.policy.attributes import MAX_NAME_SEPARATORS
 from extauthz.policy.matchers import PatternError, compile_matcher
 from extauthz.policy.model import ACTIONS, AuthorizationPolicy, Condition, Operation, Rule, Source, Where
 from extauthz.policy.strict import (
@@ -242,6 +243,12 @@ def _condition(ctx: Ctx, raw: Any) -> Condition:
     not_values = as_strings(ctx, cond, f"when[{key}].notValues", cond.get("notValues") or Seq())
     if not values and not not_values:
         raise ctx.error(cond, f"when[{key}]: needs values or notValues")
+    if key.startswith("request.headers[") and sum(
+        ch in "-_" for ch in key
+    ) > MAX_NAME_SEPARATORS:
+        raise ctx.error(
+            cond, f"when: {key!r}: more than {MAX_NAME_SEPARATORS} '-' or '_' in a header name"
+        )
     if key in ("source.ip", "remote.ip", "destination.ip"):
         for v in (*values, *not_values):
             _check_cidr(ctx, cond, f"when[{key}]", v)

@@ -101,3 +101,24 @@ def test_service_account_resolved_at_load() -> None:
 )
 def test_path_forms(paths: str, path: str, expected: bool) -> None:
     assert allowed(f"to: [{{operation: {{paths: {paths}}}}}]", path=path) is expected
+
+
+@pytest.mark.parametrize(
+    ("namespaces", "principal", "expected"),
+    [
+        # Istio's regex on the principal: '.*/ns/NS/.*', each '*' of a value as '.*'
+        ("[shop]", FRONTEND, True),
+        ("[sho]", FRONTEND, False),
+        ("['sh*']", FRONTEND, True),
+        ("['*op']", FRONTEND, True),
+        ("['s*p']", FRONTEND, True),
+        ("['*']", FRONTEND, True),
+        ("['*']", "spiffe://example.org/sa/frontend", False),
+        # Istio's '.*' crosses '/': '*op' also finds 'ns/x/sa/shop/...'
+        ("['*op']", "spiffe://example.org/ns/x/sa/shop/y", True),
+    ],
+)
+def test_namespace_forms(namespaces: str, principal: str, expected: bool) -> None:
+    assert allowed(f"from: [{{source: {{namespaces: {namespaces}}}}}]", principal=principal) is expected
+    cond = f"when: [{{key: source.namespace, values: {namespaces}}}]"
+    assert allowed(cond, principal=principal) is expected
