@@ -183,16 +183,20 @@ def claims_reader(path: tuple[str, ...]) -> Reader:
     return read
 
 
-def header_reader(name: str) -> Reader:
-    def read(ctx: Context) -> tuple[str, ...]:
-        v = ctx.request.headers.get(name)
-        return (v,) if v is not None else ()
-
-    return read
-
-
 MAX_NAME_SEPARATORS = 8  # '-'/'_' in a header name a condition reads: 2**8 spellings at most
 _CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def header_reader(name: str) -> Reader:
+    """Istio's reading: the value as Envoy joined it. A value with a control character (Envoy's
+    codecs refuse those) reads as absent here, so an ALLOW never matches on it; the DENY reading
+    (``header_spellings_reader``) reads what an upstream may make of it."""
+
+    def read(ctx: Context) -> tuple[str, ...]:
+        v = ctx.request.headers.get(name)
+        return (v,) if v is not None and not _CONTROL.search(v) else ()
+
+    return read
 
 
 def header_name_spellings(name: str) -> tuple[str, ...]:
@@ -206,23 +210,33 @@ def header_name_spellings(name: str) -> tuple[str, ...]:
 
 
 def value_spellings(value: str) -> tuple[str, ...]:
-    """What an upstream may read in one header value: as sent; with control characters dropped
-    or cut at the first one; and each comma-separated element, whitespace trimmed."""
-    out = [value]
-    if _CONTROL.search(value):
-        out += [_CONTROL.sub("", value), _CONTROL.split(value, 1)[0]]
-    for v in tuple(out):
-        if "," in v or v != v.strip():
-            out.extend(e.strip() for e in v.split(","))
-    return tuple(dict.fromkeys(out))
+    """What an upstream may read in one header value: as sent, and each comma-separated element
+    with its whitespace trimmed."""
+    if "," not in value and value == value.strip():
+        return (value,)
+    return tuple(dict.fromkeys((value, *(e.strip() for e in value.split(",")))))
+
+
+def header_unreadable(name: str) -> Predicate:
+    """Whether some spelling of header ``name`` holds a control character (NUL, CR, ...): an
+    upstream may read such a value as anything (truncate, drop, replace), so the DENY reading
+    counts it as matching every value (Envoy's codecs refuse such values before they arrive)."""
+    names = header_name_spellings(name)
+
+    def test(ctx: Context) -> bool:
+        h = ctx.request.headers
+        return any((v := h.get(n)) is not None and _CONTROL.search(v) is not None for n in names)
+
+    return test
 
 
 def header_spellings_reader(name: str) -> Reader:
     """Every spelling of header ``name``: under each of its name spellings, each spelling of the
     value (``value_spellings``).
 
-    Used where matching more can only deny more (see ``_field``): ``x-role: user, admin``,
-    ``x_role: admin`` and ``x-role: admin\x00`` must not slip past a DENY on ``admin``.
+    Used where matching more can only deny more (see ``_field``): ``x-role: user, admin`` and
+    ``x_role: admin`` must not slip past a DENY on ``admin`` (nor a value with a NUL:
+    ``header_unreadable``).
     """
     names = header_name_spellings(name)
 
@@ -231,9 +245,8 @@ def header_spellings_reader(name: str) -> Reader:
         found = [v for n in names if (v := h.get(n)) is not None]
         if not found:
             return ()
-        if len(found) == 1 and not _CONTROL.search(found[0]) and "," not in found[0] \
-                and found[0] == found[0].strip():
-            return (found[0],)
+        if len(found) == 1:
+            return value_spellings(found[0])
         return tuple(dict.fromkeys(s for v in found for s in value_spellings(v)))
 
     return read

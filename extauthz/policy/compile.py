@@ -19,6 +19,7 @@ from extauthz.policy.attributes import (
     header_name,
     header_reader,
     header_spellings_reader,
+    header_unreadable,
     read_audiences,
     read_destination_ip,
     read_host,
@@ -48,8 +49,17 @@ class Check:
 
 
 def _values_check(
-    name: str, read: Reader, match: Callable[[str], bool], *, negate: bool
+    name: str, read: Reader, match: Callable[[str], bool], *, negate: bool,
+    unreadable: Predicate | None = None,
 ) -> Check:
+    """Any value read matches (or, ``negate``, none does). ``unreadable``: the attribute holds
+    something an upstream may read as any value (a header with a control character); it then
+    counts as matching."""
+    if unreadable is not None:
+        u = unreadable
+        if negate:
+            return Check(name, lambda ctx: not (u(ctx) or any(match(v) for v in read(ctx))))
+        return Check(name, lambda ctx: u(ctx) or any(match(v) for v in read(ctx)))
     if negate:
         return Check(name, lambda ctx: not any(match(v) for v in read(ctx)))
     return Check(name, lambda ctx: any(match(v) for v in read(ctx)))
@@ -152,22 +162,22 @@ def _compile_condition(
     cond: Condition, prefix: str, rd: Readers, deny: bool = False
 ) -> tuple[Check, ...]:
     read = _condition_reader(cond.key, rd)
-    wide = (
-        header_spellings_reader(header_name(cond.key))
-        if cond.key.startswith("request.headers[")
-        else read
-    )
+    wide, unreadable = read, None
+    if cond.key.startswith("request.headers["):
+        wide = header_spellings_reader(header_name(cond.key))
+        unreadable = header_unreadable(header_name(cond.key))
     factory = field_matcher(cond.key)
     out: list[Check] = []
     # As in _field: every spelling where matching more can only deny more.
     if cond.values:
         out.append(_values_check(
-            f"{prefix}.values", wide if deny else read, factory(cond.values, deny), negate=False
+            f"{prefix}.values", wide if deny else read, factory(cond.values, deny), negate=False,
+            unreadable=unreadable if deny else None,
         ))
     if cond.not_values:
         out.append(_values_check(
             f"{prefix}.notValues", read if deny else wide, factory(cond.not_values, not deny),
-            negate=True,
+            negate=True, unreadable=None if deny else unreadable,
         ))
     return tuple(out)
 

@@ -84,11 +84,12 @@ def compile_matcher(
 
 
 # Envoy's uri_template (envoy.extensions.path.match.uri_template): ``*`` is one path segment of
-# pchars, ``**`` zero or more pchars and '/'. Neither matches a literal '*'.
-_PCHARS = r"a-zA-Z0-9\-._~%!$&'()+,;:@="
+# pchars, ``**`` zero or more pchars and '/'. A literal '*' is a pchar (RFC 3986 sub-delim): the
+# real Envoy 1.40 matches ``/a/*`` with ``/a/{*}`` (tests/differential).
+_PCHARS = r"a-zA-Z0-9\-._~%!$&'()*+,;:@="
 _ONE = f"[{_PCHARS}]+"
 _ANY = f"[{_PCHARS}/]*"
-_LITERAL = re.compile(f"[{_PCHARS}]+")
+_LITERAL = re.compile(r"[a-zA-Z0-9\-._~%!$&'()+,;:@=]+")  # Istio's literal: no '*'
 
 
 def _compile_template(pattern: str) -> re.Pattern[str]:

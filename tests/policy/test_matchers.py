@@ -24,7 +24,8 @@ def templates(draw: st.DrawFn) -> str:
 
 def reference_template(pattern: str, path: str) -> bool:
     """Envoy's uri_template, from its definition: '{*}' is one or more characters of a segment,
-    '{**}' zero or more characters ('/' included); neither matches '*'; the rest is literal."""
+    '{**}' zero or more characters ('/' included); the rest is literal. ('*' is a pchar: the real
+    Envoy matches it with either glob, tests/differential.)"""
     tokens: list[str] = []
     rest = pattern
     while rest:
@@ -46,7 +47,7 @@ def reference_template(pattern: str, path: str) -> bool:
             j = i
             if tok == "**" and match(t + 1, j):
                 return True
-            while j < len(path) and path[j] != "*" and (tok == "**" or path[j] != "/"):
+            while j < len(path) and (tok == "**" or path[j] != "/"):
                 j += 1
                 if match(t + 1, j):
                     return True
