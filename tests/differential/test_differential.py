@@ -97,10 +97,12 @@ def extauthz_decides(core: CheckCore, req: Req, port: int) -> str:
     return ALLOW if resp.status.code == 0 else DENY
 
 
-def violations(oracle: Oracle, cases: list[Case] | None = None) -> list[str]:
-    """Every break of the relation, described; and how many requests Envoy refused itself."""
+def violations(oracle: Oracle, cases: list[Case] | None = None, *, first: bool = False) -> list[str]:
+    """Every break of the relation, described (``first``: stop at the first case with one)."""
     out: list[str] = []
     for case in cases if cases is not None else oracle.cases:
+        if first and out:
+            break
         try:
             core = _core(case)
         except PolicyError as exc:
@@ -157,7 +159,7 @@ def test_a_broken_field_matcher_is_caught(
     cases = [c for c in oracle.cases if family in c.fields]
     assert cases, f"no case exercises {family}"
     monkeypatch.setitem(matchers.FIELD_MATCHERS, family, mutate(matchers.FIELD_MATCHERS[family]))
-    assert violations(oracle, cases), f"a broken {family} matcher went unnoticed"
+    assert violations(oracle, cases, first=True), f"a broken {family} matcher went unnoticed"
 
 
 def test_every_field_the_loader_accepts_has_cases() -> None:
