@@ -130,7 +130,7 @@ class RequestView:
 
     source: Peer = field(default_factory=Peer)
     destination: Peer = field(default_factory=Peer)
-    method: str = ""
+    method: str = ""  # as sent (not case-folded)
     host: str = ""  # lower case, port and trailing dot removed
     port: int = 0  # destination port (from the destination address)
     raw_path: str = ""  # as Envoy sent it, query included
@@ -215,7 +215,7 @@ def from_check_request(msg: Any) -> RequestView:
     return RequestView(
         source=_peer(attrs.source),
         destination=destination,
-        method=method.upper(),
+        method=method,  # as sent: Envoy compares :method exactly (Istio), a DENY folds case
         host=split_host(host),
         port=destination.port,
         raw_path=raw_path,

@@ -6,6 +6,7 @@ takes a ``Context`` (the request view and the caller's established identity).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -47,14 +48,6 @@ class ReadSet:
     query_params: frozenset[str] = frozenset()
     claims: frozenset[tuple[str, ...]] = frozenset()  # claim paths, e.g. ("groups",) or ("a", "b")
     attributes: frozenset[str] = frozenset()
-
-
-def peer_namespaces(principal: str) -> tuple[str, ...]:
-    """The namespaces Istio's ``/ns/<ns>/`` principal pattern finds in ``principal``."""
-    if "/ns/" not in principal:
-        return ()
-    parts = principal.split("/")
-    return tuple(parts[i + 1] for i in range(1, len(parts) - 2) if parts[i] == "ns")
 
 
 def client_ip(req: RequestView, trusted_hops: int) -> str:
@@ -100,10 +93,6 @@ def read_principal(ctx: Context) -> tuple[str, ...]:
 
 def read_request_principal(ctx: Context) -> tuple[str, ...]:
     return _one(ctx.identity.request_principal)
-
-
-def read_namespaces(ctx: Context) -> tuple[str, ...]:
-    return peer_namespaces(ctx.identity.principal)
 
 
 def read_source_ip(ctx: Context) -> tuple[str, ...]:
@@ -194,28 +183,71 @@ def claims_reader(path: tuple[str, ...]) -> Reader:
     return read
 
 
+MAX_NAME_SEPARATORS = 8  # '-'/'_' in a header name a condition reads: 2**8 spellings at most
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
 def header_reader(name: str) -> Reader:
+    """Istio's reading: the value as Envoy joined it. A value with a control character (Envoy's
+    codecs refuse those) reads as absent here, so an ALLOW never matches on it; the DENY reading
+    (``header_spellings_reader``) reads what an upstream may make of it."""
+
     def read(ctx: Context) -> tuple[str, ...]:
         v = ctx.request.headers.get(name)
-        return (v,) if v is not None else ()
+        return (v,) if v is not None and not _CONTROL.search(v) else ()
 
     return read
 
 
-def header_elements_reader(name: str) -> Reader:
-    """The header as Envoy joined its repeats (``a,b``), and each element on its own.
+def header_name_spellings(name: str) -> tuple[str, ...]:
+    """``name`` with each '-' or '_' written either way: the names an upstream that folds '_'
+    into '-' (or back) reads as ``name`` (``x-user`` and ``x_user``). ``name`` first."""
+    spellings = [""]
+    for ch in name:
+        options = "-_" if ch in "-_" else ch
+        spellings = [s + o for s in spellings for o in options]
+    return (name, *(s for s in spellings if s != name))
 
-    Used where matching more can only deny more (see ``_field``): ``x-role: user`` sent next
-    to ``x-role: admin`` arrives as ``user,admin`` and must not slip past a DENY on ``admin``.
+
+def value_spellings(value: str) -> tuple[str, ...]:
+    """What an upstream may read in one header value: as sent, and each comma-separated element
+    with its whitespace trimmed."""
+    if "," not in value and value == value.strip():
+        return (value,)
+    return tuple(dict.fromkeys((value, *(e.strip() for e in value.split(",")))))
+
+
+def header_unreadable(name: str) -> Predicate:
+    """Whether some spelling of header ``name`` holds a control character (NUL, CR, ...): an
+    upstream may read such a value as anything (truncate, drop, replace), so the DENY reading
+    counts it as matching every value (Envoy's codecs refuse such values before they arrive)."""
+    names = header_name_spellings(name)
+
+    def test(ctx: Context) -> bool:
+        h = ctx.request.headers
+        return any((v := h.get(n)) is not None and _CONTROL.search(v) is not None for n in names)
+
+    return test
+
+
+def header_spellings_reader(name: str) -> Reader:
+    """Every spelling of header ``name``: under each of its name spellings, each spelling of the
+    value (``value_spellings``).
+
+    Used where matching more can only deny more (see ``_field``): ``x-role: user, admin`` and
+    ``x_role: admin`` must not slip past a DENY on ``admin`` (nor a value with a NUL:
+    ``header_unreadable``).
     """
+    names = header_name_spellings(name)
 
     def read(ctx: Context) -> tuple[str, ...]:
-        v = ctx.request.headers.get(name)
-        if v is None:
+        h = ctx.request.headers
+        found = [v for n in names if (v := h.get(n)) is not None]
+        if not found:
             return ()
-        if "," not in v:
-            return (v,)
-        return (v, *(e.strip() for e in v.split(",")))
+        if len(found) == 1:
+            return value_spellings(found[0])
+        return tuple(dict.fromkeys(s for v in found for s in value_spellings(v)))
 
     return read
 
@@ -251,7 +283,7 @@ def read_set(policies: Sequence[AuthorizationPolicy], trusted_hops: int) -> Read
             for c in r.conditions:
                 k = c.key
                 if k.startswith("request.headers["):
-                    headers.add(header_name(k))
+                    headers.update(header_name_spellings(header_name(k)))
                 elif k.startswith("request.auth.claims["):
                     claims.add(claim_path(k))
                 elif k == "request.auth.principal":

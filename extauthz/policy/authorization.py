@@ -6,6 +6,7 @@ import ipaddress
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from extauthz.policy.attributes import MAX_NAME_SEPARATORS
 from extauthz.policy.matchers import PatternError, compile_matcher
 from extauthz.policy.model import ACTIONS, AuthorizationPolicy, Condition, Operation, Rule, Source, Where
 from extauthz.policy.strict import (
@@ -60,7 +61,7 @@ def authorization_policy(
     rules: list[Rule] = []
     if "rules" in spec and spec["rules"] is not None:
         for raw in as_list(ctx, spec, "rules", spec["rules"]):
-            rules.append(_rule(ctx, raw))
+            rules.append(_rule(ctx, raw, namespace))
     return AuthorizationPolicy(
         name=name,
         namespace=namespace,
@@ -83,6 +84,10 @@ _SOURCE_FIELDS = {
     "notIpBlocks": "not_ip_blocks",
     "remoteIpBlocks": "remote_ip_blocks",
     "notRemoteIpBlocks": "not_remote_ip_blocks",
+    "serviceAccounts": "service_accounts",  # Istio 1.24
+    "notServiceAccounts": "not_service_accounts",
+    "trustDomains": "trust_domains",  # Istio 1.30 (istio/api#3665)
+    "notTrustDomains": "not_trust_domains",
 }
 _OPERATION_FIELDS = {
     "hosts": "hosts",
@@ -113,7 +118,7 @@ WHEN_KEYS = frozenset(
 )
 
 
-def _rule(ctx: Ctx, raw: Any) -> Rule:
+def _rule(ctx: Ctx, raw: Any, namespace: str) -> Rule:
     if raw is None:
         raw = Map()
     rule = as_map(ctx, raw, "rules[]", raw)
@@ -130,6 +135,9 @@ def _rule(ctx: Ctx, raw: Any) -> Rule:
         fields = _fields(ctx, src, "source", _SOURCE_FIELDS, _check_source_value)
         if not fields:
             raise ctx.error(src, "from[].source must not be empty")
+        for attr in ("service_accounts", "not_service_accounts"):
+            if attr in fields:
+                fields[attr] = _service_accounts(ctx, src, fields[attr], namespace)
         sources.append(Source(**fields))
     operations: list[Operation] = []
     for entry in _present_list(ctx, rule, "to"):
@@ -188,21 +196,34 @@ def _fields(
     return out
 
 
+def _service_accounts(
+    ctx: Ctx, node: Map, values: tuple[str, ...], namespace: str
+) -> tuple[str, ...]:
+    """``sa`` is ``<policy namespace>/sa`` (Istio); stored resolved, so every reader agrees."""
+    out = []
+    for v in values:
+        if "/" not in v:
+            if not namespace:
+                raise ctx.error(
+                    node, f"source.serviceAccounts: {v!r} names no namespace and the policy has "
+                    "none: write 'namespace/serviceaccount'",
+                )
+            v = f"{namespace}/{v}"
+        out.append(v)
+    return tuple(out)
+
+
 def _check_source_value(ctx: Ctx, node: Map, field: str, value: str) -> None:
+    # Principals written with 'spiffe://' load (Istio loads them; they never match: Istio prefixes
+    # the scheme again); ``extauthz lint`` points them out.
     if field in ("ipBlocks", "notIpBlocks", "remoteIpBlocks", "notRemoteIpBlocks"):
         _check_cidr(ctx, node, field, value)
-    elif field in ("principals", "notPrincipals") and value.startswith("spiffe://"):
-        raise ctx.error(
-            node, f"source.{field}: write principals without 'spiffe://' ({value[9:]!r})"
-        )
 
 
 def _check_operation_value(ctx: Ctx, node: Map, field: str, value: str) -> None:
-    if field in ("ports", "notPorts"):
-        if not value.isdigit() or not 0 < int(value) < 65536:
-            raise ctx.error(node, f"operation.{field}: {value!r} is not a port number")
-    elif field in ("paths", "notPaths") and value != "*" and not value.startswith(("/", "*")):
-        raise ctx.error(node, f"operation.{field}: {value!r} must start with '/' (or be '*')")
+    # A path without a leading '/' loads (Istio loads it; it never matches a request path).
+    if field in ("ports", "notPorts") and (not value.isdigit() or not 0 < int(value) < 65536):
+        raise ctx.error(node, f"operation.{field}: {value!r} is not a port number")
 
 
 def _check_cidr(ctx: Ctx, node: Any, field: str, value: str) -> None:
@@ -222,6 +243,12 @@ def _condition(ctx: Ctx, raw: Any) -> Condition:
     not_values = as_strings(ctx, cond, f"when[{key}].notValues", cond.get("notValues") or Seq())
     if not values and not not_values:
         raise ctx.error(cond, f"when[{key}]: needs values or notValues")
+    if key.startswith("request.headers[") and sum(
+        ch in "-_" for ch in key
+    ) > MAX_NAME_SEPARATORS:
+        raise ctx.error(
+            cond, f"when: {key!r}: more than {MAX_NAME_SEPARATORS} '-' or '_' in a header name"
+        )
     if key in ("source.ip", "remote.ip", "destination.ip"):
         for v in (*values, *not_values):
             _check_cidr(ctx, cond, f"when[{key}]", v)

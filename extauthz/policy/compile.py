@@ -6,8 +6,7 @@ any operation, any source, every condition; its named checks explain which part 
 
 from __future__ import annotations
 
-import ipaddress
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from extauthz.envoy.request import RequestView
@@ -17,15 +16,15 @@ from extauthz.policy.attributes import (
     Reader,
     claim_path,
     claims_reader,
-    header_elements_reader,
     header_name,
     header_reader,
+    header_spellings_reader,
+    header_unreadable,
     read_audiences,
     read_destination_ip,
     read_host,
     read_host_spellings,
     read_method,
-    read_namespaces,
     read_path,
     read_port,
     read_presenter,
@@ -34,7 +33,7 @@ from extauthz.policy.attributes import (
     read_sni,
     read_source_ip,
 )
-from extauthz.policy.matchers import Matcher, compile_matcher
+from extauthz.policy.matchers import field_matcher
 from extauthz.policy.model import DENY, AuthorizationPolicy, Condition, Operation, Rule, Source
 from extauthz.policy.scope import Scope
 
@@ -49,26 +48,18 @@ class Check:
     test: Predicate
 
 
-def _ip_matcher(blocks: Iterable[str]) -> Callable[[str], bool]:
-    networks = tuple(ipaddress.ip_network(b, strict=False) for b in blocks)
-
-    def match(address: str) -> bool:
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
-            return False
-        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-            v4 = ip.ipv4_mapped  # ::ffff:1.2.3.4 is the IPv4 client 1.2.3.4: either spelling
-            if any(n.version == 4 and v4 in n for n in networks):
-                return True
-        return any(ip.version == n.version and ip in n for n in networks)
-
-    return match
-
-
 def _values_check(
-    name: str, read: Reader, match: Callable[[str], bool], *, negate: bool
+    name: str, read: Reader, match: Callable[[str], bool], *, negate: bool,
+    unreadable: Predicate | None = None,
 ) -> Check:
+    """Any value read matches (or, ``negate``, none does). ``unreadable``: the attribute holds
+    something an upstream may read as any value (a header with a control character); it then
+    counts as matching."""
+    if unreadable is not None:
+        u = unreadable
+        if negate:
+            return Check(name, lambda ctx: not (u(ctx) or any(match(v) for v in read(ctx))))
+        return Check(name, lambda ctx: u(ctx) or any(match(v) for v in read(ctx)))
     if negate:
         return Check(name, lambda ctx: not any(match(v) for v in read(ctx)))
     return Check(name, lambda ctx: any(match(v) for v in read(ctx)))
@@ -81,44 +72,30 @@ def _field(
     values: Sequence[str],
     negated: Sequence[str],
     read: Reader,
-    compile_values: Callable[[Sequence[str]], Callable[[str], bool]],
     *,
     wide: Reader | None = None,
     deny: bool = False,
 ) -> None:
-    """Checks for one field and its ``not`` form.
+    """Checks for one field and its ``not`` form, its values compiled by
+    ``matchers.FIELD_MATCHERS[yaml_name]``.
 
-    ``wide`` reads every equivalent spelling of the attribute (a host with and without its
-    port, each element of a joined header). It is used wherever matching more can only deny
-    more: the positive form in a DENY policy, the ``not`` form in an ALLOW policy. Elsewhere
-    ``read`` (Istio's exact reading) keeps an ALLOW as narrow as Istio's.
+    The wide reading (``wide``: every equivalent spelling of the attribute, a host with and
+    without its port, each trimmed element of a header under every ``_``/``-`` spelling of its
+    name; and the factory's ``wide`` form, a method in any case) is used wherever matching more
+    can only deny more: the positive form in a DENY policy, the ``not`` form in an ALLOW policy.
+    Elsewhere Istio's exact reading keeps an ALLOW as narrow as Istio's.
     """
+    factory = field_matcher(yaml_name)
     wide = wide or read
     if values:
         out.append(_values_check(
-            f"{prefix}.{yaml_name}", wide if deny else read, compile_values(values), negate=False
+            f"{prefix}.{yaml_name}", wide if deny else read, factory(values, deny), negate=False
         ))
     if negated:
         not_name = "not" + yaml_name[0].upper() + yaml_name[1:]
         out.append(_values_check(
-            f"{prefix}.{not_name}", read if deny else wide, compile_values(negated), negate=True
+            f"{prefix}.{not_name}", read if deny else wide, factory(negated, not deny), negate=True
         ))
-
-
-def _strings(values: Sequence[str]) -> Matcher:
-    return compile_matcher(values)
-
-
-def _hosts(values: Sequence[str]) -> Matcher:
-    return compile_matcher(values, fold_case=True)
-
-
-def _methods(values: Sequence[str]) -> Matcher:
-    return compile_matcher(v.upper() for v in values)
-
-
-def _paths(values: Sequence[str]) -> Matcher:
-    return compile_matcher(values, paths=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,18 +103,26 @@ class Readers:
     remote_ip: Reader
 
 
-def _compile_source(src: Source, prefix: str, rd: Readers) -> tuple[Check, ...]:
+def _compile_source(src: Source, prefix: str, rd: Readers, deny: bool = False) -> tuple[Check, ...]:
     out: list[Check] = []
-    _field(out, prefix, "principals", src.principals, src.not_principals, read_principal, _strings)
+    _field(out, prefix, "principals", src.principals, src.not_principals, read_principal, deny=deny)
     _field(
         out, prefix, "requestPrincipals", src.request_principals, src.not_request_principals,
-        read_request_principal, _strings,
+        read_request_principal, deny=deny,
     )
-    _field(out, prefix, "namespaces", src.namespaces, src.not_namespaces, read_namespaces, _strings)
-    _field(out, prefix, "ipBlocks", src.ip_blocks, src.not_ip_blocks, read_source_ip, _ip_matcher)
+    _field(out, prefix, "namespaces", src.namespaces, src.not_namespaces, read_principal, deny=deny)
+    _field(out, prefix, "ipBlocks", src.ip_blocks, src.not_ip_blocks, read_source_ip, deny=deny)
     _field(
         out, prefix, "remoteIpBlocks", src.remote_ip_blocks, src.not_remote_ip_blocks,
-        rd.remote_ip, _ip_matcher,
+        rd.remote_ip, deny=deny,
+    )
+    _field(
+        out, prefix, "serviceAccounts", src.service_accounts, src.not_service_accounts,
+        read_principal, deny=deny,
+    )
+    _field(
+        out, prefix, "trustDomains", src.trust_domains, src.not_trust_domains, read_principal,
+        deny=deny,
     )
     return tuple(out)
 
@@ -145,15 +130,12 @@ def _compile_source(src: Source, prefix: str, rd: Readers) -> tuple[Check, ...]:
 def _compile_operation(op: Operation, prefix: str, deny: bool = False) -> tuple[Check, ...]:
     out: list[Check] = []
     # Cheapest and most selective first: a rule usually fails on its method or path.
-    _field(out, prefix, "methods", op.methods, op.not_methods, read_method, _methods)
-    _field(out, prefix, "paths", op.paths, op.not_paths, read_path, _paths)
-    _field(out, prefix, "hosts", op.hosts, op.not_hosts, read_host, _hosts,
-           wide=read_host_spellings, deny=deny)
-    _field(out, prefix, "ports", op.ports, op.not_ports, read_port, _strings)
+    _field(out, prefix, "methods", op.methods, op.not_methods, read_method, deny=deny)
+    _field(out, prefix, "paths", op.paths, op.not_paths, read_path, deny=deny)
+    _field(out, prefix, "hosts", op.hosts, op.not_hosts, read_host, wide=read_host_spellings,
+           deny=deny)
+    _field(out, prefix, "ports", op.ports, op.not_ports, read_port, deny=deny)
     return tuple(out)
-
-
-_IP_KEYS = frozenset({"source.ip", "remote.ip", "destination.ip"})
 
 
 def _condition_reader(key: str, rd: Readers) -> Reader:
@@ -164,7 +146,7 @@ def _condition_reader(key: str, rd: Readers) -> Reader:
     readers: dict[str, Reader] = {
         "source.ip": read_source_ip,
         "remote.ip": rd.remote_ip,
-        "source.namespace": read_namespaces,
+        "source.namespace": read_principal,
         "source.principal": read_principal,
         "request.auth.principal": read_request_principal,
         "request.auth.audiences": read_audiences,
@@ -176,37 +158,27 @@ def _condition_reader(key: str, rd: Readers) -> Reader:
     return readers[key]
 
 
-def _condition_matcher(key: str, values: Sequence[str]) -> Callable[[str], bool]:
-    if key in _IP_KEYS:
-        return _ip_matcher(values)
-    m = compile_matcher(values)
-    if key.startswith("request.headers[") and "*" in values:
-        # Istio's "*" on a header means "present", even with an empty value.
-        return lambda v: True
-    return m
-
-
 def _compile_condition(
     cond: Condition, prefix: str, rd: Readers, deny: bool = False
 ) -> tuple[Check, ...]:
     read = _condition_reader(cond.key, rd)
-    wide = (
-        header_elements_reader(header_name(cond.key))
-        if cond.key.startswith("request.headers[")
-        else read
-    )
+    wide, unreadable = read, None
+    if cond.key.startswith("request.headers["):
+        wide = header_spellings_reader(header_name(cond.key))
+        unreadable = header_unreadable(header_name(cond.key))
+    factory = field_matcher(cond.key)
     out: list[Check] = []
     # As in _field: every spelling where matching more can only deny more.
     if cond.values:
-        out.append(
-            _values_check(f"{prefix}.values", wide if deny else read,
-                          _condition_matcher(cond.key, cond.values), negate=False)
-        )
+        out.append(_values_check(
+            f"{prefix}.values", wide if deny else read, factory(cond.values, deny), negate=False,
+            unreadable=unreadable if deny else None,
+        ))
     if cond.not_values:
-        out.append(
-            _values_check(f"{prefix}.notValues", read if deny else wide,
-                          _condition_matcher(cond.key, cond.not_values), negate=True)
-        )
+        out.append(_values_check(
+            f"{prefix}.notValues", read if deny else wide, factory(cond.not_values, not deny),
+            negate=True, unreadable=None if deny else unreadable,
+        ))
     return tuple(out)
 
 
@@ -269,7 +241,7 @@ def compile_rule(
     base = f"rules[{index}]"
     deny = policy.policy.action == DENY
     sources = tuple(
-        _compile_source(s, f"{base}.from[{i}].source", rd) for i, s in enumerate(rule.sources)
+        _compile_source(s, f"{base}.from[{i}].source", rd, deny) for i, s in enumerate(rule.sources)
     )
     operations = tuple(
         _compile_operation(o, f"{base}.to[{i}].operation", deny)

@@ -17,7 +17,11 @@ Errors are what the loader refuses (every file is tried, so one run lists them a
   twin (the authority may carry a port);
 - ``selector-unsettable``: a selector no route can set (a ``namespace`` label other than the
   policy's namespace; with ``--envoy-config``, labels no route's ``context_extensions`` hold);
-- ``method-case``: a lower-case method (Istio compares methods exactly).
+- ``method-case``: a lower-case method (Istio compares methods exactly);
+- values Istio loads that never match, or not as written: ``principal-scheme`` (a principal
+  written with ``spiffe://``), ``path-no-slash`` (a path without a leading '/'),
+  ``service-account-form`` (a service account not ``namespace/name``, or with a ``*``),
+  ``literal-star`` (a ``*`` inside a value: matched literally).
 
 The subsumption used for ``shadowed``/``unreachable`` is conservative: a warning is only given
 when the covering is certain from the patterns themselves.
@@ -36,7 +40,13 @@ from extauthz.policy.index import path_segments_key, principal_keys
 from extauthz.policy.loader import PolicyError, build_policy_set, load_directory, policy_files, read_documents
 from extauthz.policy.model import ALLOW, DENY, AuthorizationPolicy, Condition, PolicySet, Rule, Source
 from extauthz.policy.scope import Scope
-from extauthz.tools.lint_rules import canonical_pattern, never_matches, pattern_problem, rule_covers
+from extauthz.tools.lint_rules import (
+    canonical_pattern,
+    never_matches,
+    odd_values,
+    pattern_problem,
+    rule_covers,
+)
 
 ERROR = "error"
 WARNING = "warning"
@@ -205,6 +215,8 @@ def _identity_condition(conds: Iterable[Condition]) -> tuple[bool, bool]:
 
 def _rule_findings(r: _R) -> Iterator[Finding]:
     rule = r.rule
+    for code, message in odd_values(rule):
+        yield r.finding(WARNING, code, message)
     for op in rule.operations:
         for m in (*op.methods, *op.not_methods):
             if m != m.upper():
@@ -216,7 +228,7 @@ def _rule_findings(r: _R) -> Iterator[Finding]:
                         "is excluded by its own not-values")
     for op in rule.operations:
         for p in op.paths:
-            problem = pattern_problem(p)
+            problem = pattern_problem(p) if p.startswith(("/", "*")) else None  # else path-no-slash
             if problem is None:
                 continue
             if r.policy.action == DENY:

@@ -5,13 +5,14 @@ covers (matches every request of) another.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from extauthz.envoy.request import path_problem
-from extauthz.policy.model import Rule
+from extauthz.policy.model import Operation, Rule, Source
 
 _DOT_SEGMENT = re.compile(r"(^|/)\.\.?(/|$)")
 
@@ -128,7 +129,10 @@ def _fields_cover(a: Any, b: Any, names: Iterable[str], norm: Mapping[str, Any])
     return True
 
 
-_SOURCE = ("principals", "request_principals", "namespaces", "ip_blocks", "remote_ip_blocks")
+_SOURCE = (
+    "principals", "request_principals", "namespaces", "ip_blocks", "remote_ip_blocks",
+    "service_accounts", "trust_domains",
+)
 _OPERATION = ("hosts", "ports", "methods", "paths")
 _OP_NORM = {"hosts": str.lower, "methods": str.upper}
 
@@ -157,3 +161,52 @@ def rule_covers(a: Rule, b: Rule) -> bool:
 
 def _ip_key(key: str) -> bool:
     return key in ("source.ip", "remote.ip", "destination.ip")
+
+
+# ----------------------------------------------------------------------------- odd values
+# Values Istio loads (so extauthz does) that never match, or not as their author likely meant.
+
+_GLOB_FIELDS = ("namespaces", "not_namespaces", "trust_domains", "not_trust_domains")
+_GLOB_KEYS = ("source.namespace",)
+
+
+def _literal_star(value: str, *, path: bool = False) -> bool:
+    """A '*' Istio matches literally: not the whole value, not leading or trailing."""
+    if path and ("{*}" in value or "{**}" in value):
+        return False
+    if value == "*":
+        return False
+    inner = value[1:] if value.startswith("*") else value[:-1] if value.endswith("*") else value
+    return "*" in inner
+
+
+def odd_values(rule: Rule) -> Iterator[tuple[str, str]]:
+    """(code, message) for each valid-but-suspicious value of ``rule``."""
+    parts: tuple[Source | Operation, ...] = (*rule.sources, *rule.operations)
+    for part in parts:
+        for f in dataclasses.fields(part):
+            for v in getattr(part, f.name):
+                yield from _odd(f.name, v)
+    for c in rule.conditions:
+        for v in (*c.values, *c.not_values):
+            yield from _odd(c.key, v)
+
+
+def _odd(name: str, v: str) -> Iterator[tuple[str, str]]:
+    if name in ("principals", "not_principals", "source.principal") and v.startswith("spiffe://"):
+        yield ("principal-scheme", f"principal {v!r} is written with 'spiffe://': Istio adds the "
+               f"scheme itself, so it never matches; write {v[9:]!r}")
+    if name in ("paths", "not_paths") and not v.startswith(("/", "*")):
+        yield ("path-no-slash", f"path {v!r} does not start with '/': it never matches a request "
+               f"path; write {'/' + v!r}")
+    if name in ("service_accounts", "not_service_accounts") and (v.count("/") != 1 or "*" in v):
+        yield ("service-account-form", f"service account {v!r} is not 'namespace/name' without "
+               "'*' (no wildcards): it never matches")
+    elif (name not in _GLOB_FIELDS and name not in _GLOB_KEYS and name not in _IP_KEYS_ALL
+          and _literal_star(v, path=name in ("paths", "not_paths"))):
+        yield ("literal-star", f"value {v!r}: a '*' other than at the start or the end is matched "
+               "literally (as Istio does), not as a wildcard")
+
+
+_IP_KEYS_ALL = ("ip_blocks", "not_ip_blocks", "remote_ip_blocks", "not_remote_ip_blocks",
+                "source.ip", "remote.ip", "destination.ip")

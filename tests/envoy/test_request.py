@@ -78,7 +78,7 @@ def test_non_canonical_paths_are_named(path: str, why: str) -> None:
     assert why in problem
 
 
-def test_view_splits_query_and_normalises_host_and_method() -> None:
+def test_view_splits_query_normalises_host_keeps_method_as_sent() -> None:
     msg = check_request(path="/api/items?x=1&y=%2F", host="API.Shop.SVC:8443", method="get")
     view = from_check_request(msg)
     assert view.path == "/api/items"
@@ -86,7 +86,7 @@ def test_view_splits_query_and_normalises_host_and_method() -> None:
     assert view.raw_path == "/api/items?x=1&y=%2F"
     assert view.problem is None  # the query is not part of the path check
     assert view.host == "api.shop.svc"
-    assert view.method == "GET"
+    assert view.method == "get"  # Envoy compares :method exactly; a DENY folds case itself
     assert view.source.principal == "spiffe://example.org/ns/shop/sa/frontend"
     assert view.source.address == "10.0.0.5"
     assert view.port == 8443

@@ -82,7 +82,8 @@ def _path(msg: ext.CheckRequest) -> str:
 
 
 def _method(msg: ext.CheckRequest) -> str:
-    return (msg.attributes.request.http.method or _raw_headers(msg).get(":method", "")).upper()
+    """As sent: an ALLOW compares methods exactly, as Envoy does (``get`` is not ``GET``)."""
+    return msg.attributes.request.http.method or _raw_headers(msg).get(":method", "")
 
 
 def _peer(msg: ext.CheckRequest) -> str:

@@ -1,7 +1,8 @@
 """Where matching more can only deny more, every spelling of an attribute is read.
 
 A DENY's positive fields and an ALLOW's ``not`` fields see a host with and without its port and
-trailing dot, and a repeated header both joined (``a,b``) and element by element. ALLOW's
+trailing dot; a header under every '_'/'-' spelling of its name, joined (``a,b``), element by
+element trimmed, and with control characters dropped or cut at; a method in any case. ALLOW's
 positive fields and DENY's ``not`` fields keep Istio's exact reading, so nothing is allowed that
 Istio would not allow.
 """
@@ -52,10 +53,52 @@ CASES: list[tuple[str, str, str, dict[str, Any], bool]] = [
     ("deny header joined first", "DENY", HEADER_DENY, {"headers": {"x-role": "admin,user"}}, False),
     ("deny header joined last", "DENY", HEADER_DENY, {"headers": {"x-role": "user, admin"}}, False),
     ("deny header other", "DENY", HEADER_DENY, {"headers": {"x-role": "user,guest"}}, True),
-    # ALLOW when: the joined value must match as Istio reads it
-    ("allow header joined is not admin", "ALLOW",
+    # DENY when: a trimmed element, a '_' name, a control character (issue 12)
+    ("deny header padded", "DENY", HEADER_DENY, {"headers": {"x-role": " admin "}}, False),
+    ("deny header underscore name", "DENY", HEADER_DENY, {"headers": {"x_role": "admin"}}, False),
+    ("deny header NUL", "DENY", HEADER_DENY, {"headers": {"x-role": "admin\x00"}}, False),
+    ("deny header control inside", "DENY", HEADER_DENY, {"headers": {"x-role": "adm\x01in"}}, False),
+    ("deny header prefix padded", "DENY",
+     "{when: [{key: 'request.headers[x-role]', values: ['adm*']}]}",
+     {"headers": {"x-role": "user,\tadmin"}}, False),
+    # ALLOW when: as Istio's regex reads the joined value (an element matches, untrimmed)
+    ("allow header joined element", "ALLOW",
      "{when: [{key: 'request.headers[x-role]', values: [admin]}]}",
-     {"headers": {"x-role": "user,admin"}}, False),
+     {"headers": {"x-role": "user,admin"}}, True),
+    ("allow header element with space is not admin", "ALLOW",
+     "{when: [{key: 'request.headers[x-role]', values: [admin]}]}",
+     {"headers": {"x-role": "user, admin"}}, False),
+    ("allow header padded is not admin", "ALLOW",
+     "{when: [{key: 'request.headers[x-role]', values: [admin]}]}",
+     {"headers": {"x-role": "admin "}}, False),
+    ("allow header underscore name is not the header", "ALLOW",
+     "{when: [{key: 'request.headers[x-role]', values: [admin]}]}",
+     {"headers": {"x_role": "admin"}}, False),
+    ("allow header with a control character reads as absent", "ALLOW",
+     "{when: [{key: 'request.headers[x-role]', values: ['adm*']}]}",
+     {"headers": {"x-role": "adm\x01in"}}, False),
+    ("allow header presence with a NUL reads as absent", "ALLOW",
+     "{when: [{key: 'request.headers[x-role]', values: ['*']}]}",
+     {"headers": {"x-role": "a\x00"}}, False),
+    ("deny notValues with a NUL: not the value", "DENY",
+     "{when: [{key: 'request.headers[x-role]', notValues: [admin]}]}",
+     {"headers": {"x-role": "admin\x00"}}, False),
+    ("allow notValues sees a '_' name", "ALLOW",
+     "{when: [{key: 'request.headers[x-role]', notValues: [admin]}]}",
+     {"headers": {"x_role": "admin"}}, False),
+    # methods: ALLOW exact (Envoy compares :method exactly), DENY every case
+    ("allow method exact", "ALLOW", "{to: [{operation: {methods: [GET]}}]}", {"method": "GET"}, True),
+    ("allow method lower is not GET", "ALLOW", "{to: [{operation: {methods: [GET]}}]}",
+     {"method": "get"}, False),
+    ("allow method mixed is not GET", "ALLOW", "{to: [{operation: {methods: [GET]}}]}",
+     {"method": "Get"}, False),
+    ("deny method lower", "DENY", "{to: [{operation: {methods: [DELETE]}}]}", {"method": "delete"}, False),
+    ("deny method mixed", "DENY", "{to: [{operation: {methods: [DELETE]}}]}", {"method": "DeLeTe"}, False),
+    ("deny written lower catches upper", "DENY", "{to: [{operation: {methods: [delete]}}]}",
+     {"method": "DELETE"}, False),
+    ("allow notMethods every case", "ALLOW", "{to: [{operation: {notMethods: [DELETE]}}]}",
+     {"method": "delete"}, False),
+    ("deny notMethods exact", "DENY", "{to: [{operation: {notMethods: [GET]}}]}", {"method": "get"}, False),
     ("allow notValues sees each element", "ALLOW",
      "{when: [{key: 'request.headers[x-role]', notValues: [admin]}]}",
      {"headers": {"x-role": "user,admin"}}, False),

@@ -26,15 +26,17 @@ spec:
 def test_unread_inputs_never_change_the_verdict() -> None:
     eng = engine(POLICIES)
     reads = eng.reads
-    assert reads.headers == {"x-tenant", "x-debug"}
+    # every '_'/'-' spelling of a name a condition reads (a DENY reads them all)
+    assert reads.headers == {"x-tenant", "x_tenant", "x-debug", "x_debug"}
     assert reads.claims == {("org", "tier")}
     rnd = random.Random(3)
     outcomes: set[tuple[bool, str | None]] = set()
     for _ in range(300):
         tenant = rnd.choice([None, "acme", "beta-2", "gamma"])
         debug = rnd.choice([None, None, "1"])
+        debug_name = rnd.choice(["x-debug", "x_debug"])
         tier = rnd.choice([None, "free", "pro"])
-        read_headers = {k: v for k, v in (("x-tenant", tenant), ("x-debug", debug)) if v is not None}
+        read_headers = {k: v for k, v in (("x-tenant", tenant), (debug_name, debug)) if v is not None}
         claims: dict[str, object] = {"iss": "i", "sub": "s"}
         if tier is not None:
             claims["org"] = {"tier": tier}

@@ -51,11 +51,37 @@ def test_clean_set_has_no_findings() -> None:
         ("{action: DENY, rules: [{to: [{operation: {paths: [/admin]}}]}]}", "deny-path-exact"),
         ("{action: DENY, rules: [{to: [{operation: {hosts: [admin.example]}}]}]}", "deny-host-port"),
         ("{selector: {matchLabels: {namespace: other}}, rules: [" + SAFE + "]}", "selector-unsettable"),
+        # valid but suspicious: Istio loads them (issue 12)
+        ("{rules: [{from: [{source: {principals: ['spiffe://a/ns/x/sa/y']}}]}]}", "principal-scheme"),
+        ("{rules: [{from: [{source: {notPrincipals: ['spiffe://a/b']}}]}]}", "principal-scheme"),
+        ("{rules: [{when: [{key: source.principal, values: ['spiffe://a/b']}]}]}", "principal-scheme"),
+        ("{rules: [{from: [{source: {principals: [a/b]}}], to: [{operation: {paths: [rule-path]}}]}]}", "path-no-slash"),
+        ("{rules: [{from: [{source: {serviceAccounts: ['shop/*']}}]}]}", "service-account-form"),
+        ("{rules: [{from: [{source: {serviceAccounts: ['a/b/c']}}]}]}", "service-account-form"),
+        ("{rules: [{from: [{source: {principals: ['a/ns/*/sa/b']}}]}]}", "literal-star"),
+        ("{rules: [{from: [{source: {principals: ['*a*']}}]}]}", "literal-star"),  # suffix 'a*'!
+        ("{rules: [{from: [{source: {principals: [a/b]}}], to: [{operation: {paths: ['/a*b']}}]}]}", "literal-star"),
+        ("{rules: [{from: [{source: {principals: [a/b]}}], to: [{operation: {hosts: ['*.a.*']}}]}]}", "literal-star"),
+        ("{rules: [{from: [{source: {principals: [a/b]}}], when: [{key: 'request.headers[x]', values: ['a*b']}]}]}", "literal-star"),
     ],
 )
 def test_warning(spec: str, code: str) -> None:
     found = codes(pol("p", spec, ns="shop"))
     assert code in [c for c, _, _ in found], found
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "{rules: [{from: [{source: {namespaces: ['s*p'], principals: [a/b]}}]}]}",  # a glob there
+        "{rules: [{from: [{source: {trustDomains: ['ex*.org'], principals: [a/b]}}]}]}",
+        "{rules: [{from: [{source: {serviceAccounts: [frontend, shop/api], principals: [a/b]}}]}]}",
+        "{rules: [{from: [{source: {principals: [a/b]}}], to: [{operation: {paths: ['/a/{*}/b/{**}', '*']}}]}]}",
+    ],
+)
+def test_odd_value_warnings_not_given(spec: str) -> None:
+    found = [c for c, _, _ in codes(pol("p", spec, ns="shop"))]
+    assert not {"literal-star", "principal-scheme", "path-no-slash", "service-account-form"} & set(found), found
 
 
 def test_canonical_twin_is_suggested() -> None:

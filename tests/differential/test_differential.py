@@ -1,0 +1,179 @@
+"""Differential test: extauthz against the real Envoy's RBAC filter, configured as Istio would
+configure it (``translate.py``), on the same requests (issue 12).
+
+The relation: on canonical requests extauthz and Envoy decide alike; on spelling variants, every
+request extauthz allows Envoy allows too, and every variant of a canonical request Envoy denies
+is denied by extauthz (extauthz may refuse more: 400, default deny). extauthz is default-deny and
+Istio with no ALLOW policy allows, so an ALLOW policy is compared as "allow iff matched" and a
+DENY policy as "deny iff matched" (extauthz gets an allow-everything policy beside a DENY).
+Left out: ``requestPrincipals`` and ``request.auth.*`` (Istio's own ``istio_authn`` filter).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import pytest
+import yaml
+
+from extauthz._pb.envoy.service.auth.v3 import external_auth_pb2 as ext
+from extauthz.devenv.net import free_port
+from extauthz.devenv.processes import envoy_binary
+from extauthz.pipeline import CheckCore
+from extauthz.policy import PolicyError, authorization, compile_policies, load_text, matchers
+from extauthz.tools.samples import check_request
+
+from .cases import Case, Req, all_cases
+from .rig import ALLOW, DENY, REFUSED, Envoy, Pki, h2_request, route
+from .translate import NOT_TRANSLATED, rbac
+
+pytestmark = [
+    pytest.mark.e2e,
+    pytest.mark.skipif(envoy_binary() is None, reason="envoy binary not installed"),
+]
+
+ALLOW_ALL = {
+    "apiVersion": "security.istio.io/v1",
+    "kind": "AuthorizationPolicy",
+    "metadata": {"name": "all", "namespace": "istio-system"},
+    "spec": {"action": "ALLOW", "rules": [{}]},
+}
+
+
+@dataclass
+class Oracle:
+    port: int
+    cases: list[Case]
+    envoy: dict[tuple[str, Req], str]  # (case id, request) -> allow / deny / refused N
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return len(self.cases), len(self.envoy)
+
+
+@pytest.fixture(scope="module")
+def oracle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Oracle]:
+    work = tmp_path_factory.mktemp("differential")
+    pki = Pki(work)
+    port = free_port()
+    cases = all_cases(port)
+    envoy = Envoy(work, pki, [route(c.id, rbac(c.policy)) for c in cases], port=port).start()
+    try:
+        keys = [(c.id, r) for c in cases for g in c.groups for r in (g.canonical, *g.variants)]
+        sent = [(r.who, r.sni, h2_request(r.method, r.path, r.host, r.headers, cid))
+                for cid, r in keys]
+        outcomes = envoy.send_all(sent)
+    finally:
+        envoy.stop()
+    yield Oracle(port, cases, dict(zip(keys, outcomes, strict=True)))
+
+
+def _core(case: Case) -> CheckCore:
+    docs = [case.policy] + ([ALLOW_ALL] if case.action == "DENY" else [])
+    engine = compile_policies(load_text(yaml.safe_dump_all(docs), f"case-{case.id}.yaml"))
+    return CheckCore(lambda: engine)
+
+
+def _joined(headers: tuple[tuple[str, str], ...]) -> dict[str, str]:
+    """As Envoy forwards headers to ext_authz: lower-case names, repeats joined with ','."""
+    out: dict[str, str] = {}
+    for k, v in headers:
+        k = k.lower()
+        out[k] = f"{out[k]},{v}" if k in out else v
+    return out
+
+
+def extauthz_decides(core: CheckCore, req: Req, port: int) -> str:
+    msg = check_request(
+        principal=req.who or "", method=req.method, path=req.path, host=req.host,
+        headers=_joined(req.headers), source_address="127.0.0.1",
+        destination_principal="", destination_address="127.0.0.1", destination_port=port,
+        sni=req.sni, context_extensions={"namespace": "shop"},
+    )
+    body, _, _ = core.check(msg.SerializeToString())
+    resp = ext.CheckResponse.FromString(body)
+    return ALLOW if resp.status.code == 0 else DENY
+
+
+def violations(oracle: Oracle, cases: list[Case] | None = None, *, first: bool = False) -> list[str]:
+    """Every break of the relation, described (``first``: stop at the first case with one)."""
+    out: list[str] = []
+    for case in cases if cases is not None else oracle.cases:
+        if first and out:
+            break
+        try:
+            core = _core(case)
+        except PolicyError as exc:
+            out.append(f"case {case.id}: extauthz refuses a policy Istio loads: {exc}")
+            continue
+        decide = functools.partial(extauthz_decides, core, port=oracle.port)
+        for g in case.groups:
+            want = oracle.envoy[(case.id, g.canonical)]
+            got = decide(g.canonical)
+            where = f"case {case.id} {case.action} {case.policy['spec']['rules']}"
+            if want.startswith(REFUSED):
+                out.append(f"{where}: Envoy refused the canonical request {g.canonical} ({want})")
+            elif got != want and not (case.loose and got == DENY):
+                out.append(f"{where}: canonical {g.canonical}: Envoy {want}, extauthz {got}")
+            # a DENY's positive fields read every spelling: its denial holds for every variant
+            every_spelling = case.action == "DENY" and not case.negated and not case.loose
+            for v in g.variants:
+                env, got_v = oracle.envoy[(case.id, v)], decide(v)
+                if got_v == ALLOW and env != ALLOW:
+                    out.append(f"{where}: variant {v}: extauthz allows, Envoy {env}")
+                if every_spelling and want == DENY and got_v == ALLOW:
+                    out.append(f"{where}: variant {v} of a request Envoy denies: extauthz allows")
+    return out
+
+
+def test_extauthz_decides_as_envoy_rbac(oracle: Oracle) -> None:
+    policies, requests = oracle.size
+    found = violations(oracle)
+    refused = sum(o.startswith(REFUSED) for o in oracle.envoy.values())
+    print(f"\ndifferential: {policies} policies, {requests} requests "
+          f"({refused} refused by Envoy's codec before RBAC), {len(found)} violations")
+    assert not found, "\n".join(found[:40]) + f"\n... {len(found)} in all"
+
+
+def _negated(factory: matchers.Factory) -> matchers.Factory:
+    def make(values: Sequence[str], wide: bool) -> Callable[[str], bool]:
+        test = factory(values, wide)
+        return lambda v: not test(v)
+
+    return make
+
+
+def _always(factory: matchers.Factory) -> matchers.Factory:
+    return lambda values, wide: lambda v: True
+
+
+@pytest.mark.parametrize("mutate", [_negated, _always], ids=["negated", "always"])
+@pytest.mark.parametrize("family", sorted(set(matchers.FIELD_MATCHERS) - NOT_TRANSLATED))
+def test_a_broken_field_matcher_is_caught(
+    oracle: Oracle, family: str, mutate: Callable[[matchers.Factory], matchers.Factory],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Mutation check: each field's compiled matcher, broken, breaks the relation."""
+    cases = [c for c in oracle.cases if family in c.fields]
+    assert cases, f"no case exercises {family}"
+    monkeypatch.setitem(matchers.FIELD_MATCHERS, family, mutate(matchers.FIELD_MATCHERS[family]))
+    assert violations(oracle, cases, first=True), f"a broken {family} matcher went unnoticed"
+
+
+def test_every_field_the_loader_accepts_has_cases() -> None:
+    accepted = {
+        *authorization._SOURCE_FIELDS, *authorization._OPERATION_FIELDS, *authorization.WHEN_KEYS,
+        "request.headers", "request.auth.claims",
+    }
+    written: set[str] = set()
+    for case in all_cases(8443):
+        for rule in case.policy["spec"]["rules"]:
+            for part in (*(f["source"] for f in rule.get("from", [])),
+                         *(t["operation"] for t in rule.get("to", []))):
+                written.update(part)
+            written.update(c["key"].partition("[")[0] for c in rule.get("when", []))
+    missing = accepted - written - NOT_TRANSLATED
+    assert not missing, f"fields the loader accepts without differential cases: {sorted(missing)}"
+    assert accepted >= NOT_TRANSLATED  # the exclusions are real fields, and only those
