@@ -161,7 +161,7 @@ def message_key(plan: KeyPlan, bundle_generation: int, msg: Any) -> Key | None:
         dst_sock.address,
         int(dst_sock.port_value),
         attrs.tls_session.sni,
-        method.upper(),
+        method,  # as sent, as the view keeps it (get and GET decide differently)
         split_host(host),
         path,
         _v(query if sep else "") if plan.query else None,

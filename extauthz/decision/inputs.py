@@ -135,17 +135,24 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _fold(header: str) -> str:
+    return header.replace("_", "-")
+
+
 def plan_for(engine: Engine | None, exclude: Exclusions = Exclusions()) -> InputPlan:
     if engine is None:
         return EMPTY_PLAN
     reads = engine.reads
-    secret = SECRET_HEADERS | token_headers(engine)
+    # A DENY reads every `_`/`-` spelling of a header name (upstreams fold them): a spelling of a
+    # secret or excluded header is as secret or excluded as the name itself.
+    secret = {_fold(n) for n in SECRET_HEADERS | token_headers(engine)}
+    excluded = {_fold(n) for n in exclude.headers}
     unrecorded: dict[str, str] = {}
     headers = []
     for name in sorted(reads.headers):
-        if name in secret:
+        if _fold(name) in secret:
             unrecorded[header_key(name)] = SECRET
-        elif name in exclude.headers:
+        elif _fold(name) in excluded:
             unrecorded[header_key(name)] = EXCLUDED
         else:
             headers.append(name)

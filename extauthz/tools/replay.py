@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from extauthz import reasons
+from extauthz.decision.audit.head import SUFFIX as HEAD_SUFFIX
 from extauthz.decision.decision import decide_input
 from extauthz.decision.inputs import authn_digest, input_of, missing_inputs
 from extauthz.identity.bundles import BundleError, BundleStore
@@ -184,6 +185,8 @@ def read_records(paths: Sequence[str | Path], report: Report) -> Iterator[dict[s
     and decision ids seen before (a file given twice) are counted in ``report``."""
     seen: set[str] = set()
     for path in paths:
+        if str(path).endswith(HEAD_SUFFIX):
+            continue  # the chain's anchor beside a log (a shell glob picks it up): not records
         try:
             f = open(path, "rb")  # noqa: SIM115 - closed below
         except OSError as exc:
@@ -314,8 +317,8 @@ def replay(engine: Engine, records: Iterable[Mapping[str, Any]], report: Report)
 
 
 def replay_files(engine: Engine, paths: Sequence[str | Path]) -> Report:
-    """Read ``paths`` and replay them; ``ReplayError`` when a file cannot be read or no
-    decision record was found."""
+    """Read ``paths`` (a log's ``.head`` file among them is skipped) and replay them;
+    ``ReplayError`` when a file cannot be read or no decision record was found."""
     report = Report([str(p) for p in paths])
     replay(engine, read_records(paths, report), report)
     if not report.decisions:

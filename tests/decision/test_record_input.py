@@ -159,7 +159,9 @@ def test_the_input_holds_what_the_policies_read_and_absent_is_not_empty() -> Non
     inp = record["input"]
     assert record["allowed"] is True
     # The headers a policy reads (hosts read the authority as sent); null: absent, not empty.
-    assert inp["headers"] == {":authority": "api.shop.svc", "host": None, "x-tenant": "acme", "x-debug": None}
+    # Every `_`/`-` spelling of a header name a policy reads is read (and recorded) too.
+    assert inp["headers"] == {":authority": "api.shop.svc", "host": None, "x-tenant": "acme", "x-debug": None,
+                              "x_tenant": None, "x_debug": None}
     assert inp["source"] == {"principal": "spiffe://example.org/ns/shop/sa/frontend", "address": "10.0.0.5"}
     assert inp["destination"] == {
         "principal": "spiffe://example.org/ns/shop/sa/api", "address": "10.0.0.9", "port": 8443
@@ -216,16 +218,19 @@ def test_audit_input_exclude_removes_headers_and_claims() -> None:
     inp = record["input"]
     assert record["allowed"] is True
     assert "x-tenant" not in inp["headers"] and "acme" not in json.dumps(inp)
+    assert "x_tenant" not in inp["headers"]  # the other spelling is excluded with the name
     # org.team and groups excluded; org.secret never read
     assert inp["identity"]["token"]["claims"] == {"iss": ISSUER, "sub": "user-1", "role": "user"}
     assert {k: v for k, v in inp["unrecorded"].items() if v.startswith("excluded")} == {
         "request.headers[x-tenant]": "excluded by audit_input_exclude",
+        "request.headers[x_tenant]": "excluded by audit_input_exclude",
         "request.auth.claims[groups]": "excluded by audit_input_exclude",
         "request.auth.claims[org][team]": "excluded by audit_input_exclude",
     }
     assert decide_input(rig.engine, inp) is None  # unknown inputs are never guessed
     assert set(missing_inputs(inp, rig.engine.reads)) == {
-        "request.headers[x-tenant]", "request.auth.claims[groups]", "request.auth.claims[org][team]"
+        "request.headers[x-tenant]", "request.headers[x_tenant]", "request.auth.claims[groups]",
+        "request.auth.claims[org][team]",
     }
 
 
@@ -234,7 +239,9 @@ def test_a_policy_reading_an_unrecorded_input_cannot_be_decided_again() -> None:
     rig.run(headers={"x-tenant": "acme"}, context_extensions={"app": "api"})
     [record] = rig.records()
     edited = compile_policies(load_text(POLICIES.replace("x-tenant", "x-customer")))
-    assert missing_inputs(record["input"], edited.reads) == ["request.headers[x-customer]"]
+    assert sorted(missing_inputs(record["input"], edited.reads)) == [
+        "request.headers[x-customer]", "request.headers[x_customer]"
+    ]
     assert decide_input(edited, record["input"]) is None
     req, identity, token_missing = input_of(record["input"])
     assert req.headers == {"x-tenant": "acme", ":authority": "api.shop.svc"}
