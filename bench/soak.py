@@ -237,12 +237,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         authz.port = free_ports(args.workers)
         ports = [authz.port + i for i in range(args.workers)]
-        envoy = EnvoyProcess(
-            work / "envoy", upstream=echo.address,
-            authz_endpoints=[f"{LOOPBACK}:{p}" for p in ports],
-            tls=pki.envoy_tls(), context_extensions={"namespace": "shop"}, timeout_s=args.timeout,
-        )
         slow = SlowStreams(ports, streams=args.slow_streams, body_timeout=args.body_timeout)
+        envoy: EnvoyProcess | None = None
         try:
             authz.start(timeout=60)
             deadline = time.monotonic() + 60
@@ -250,7 +246,12 @@ def main(argv: list[str] | None = None) -> int:
                 if time.monotonic() > deadline:
                     raise TimeoutError("workers not SERVING after 60 s")
                 time.sleep(0.2)
-            envoy.start()
+            # Envoy's ports are picked once every worker listens: never one of theirs.
+            envoy = EnvoyProcess(
+                work / "envoy", upstream=echo.address,
+                authz_endpoints=[f"{LOOPBACK}:{p}" for p in ports],
+                tls=pki.envoy_tls(), context_extensions={"namespace": "shop"}, timeout_s=args.timeout,
+            ).start()
             assert authz.pid is not None
             sampler = RssSampler(authz.pid)
             killer = WorkerKiller(authz.pid, args.workers, args.kill_every)
@@ -307,7 +308,8 @@ def main(argv: list[str] | None = None) -> int:
                 if k.startswith("http.ingress_http.ext_authz.extauthz.")
             }
         finally:
-            envoy.stop()
+            if envoy is not None:
+                envoy.stop()
             exit_code = authz.stop(timeout=60)
     outcomes: Counter[str] = Counter()
     deny_ids: list[str] = []
