@@ -77,7 +77,8 @@ bench-rules: setup
 bench-cache: setup
 	$(BIN)/python bench/run.py cache
 
-## Soak: 5 minutes through Envoy with hot reloads; JSON report in bench/results/soak.json.
+## Soak: 5 minutes through Envoy (--workers 2) with hot reloads, bundle and audit rotations, slow
+## streams and a worker SIGKILL every 8 s; JSON report in bench/results/soak.json.
 soak: setup
 	$(BIN)/python bench/run.py soak --seconds 300
 
