@@ -104,14 +104,16 @@ def extauthz_cmd(
 
 @contextmanager
 def extauthz(name: str, transport: str, args: argparse.Namespace, *, policies: str | None = None,
-             config: str = "") -> Iterator[tuple[Any, Path]]:
-    """A pinned extauthz server writing its audit log to a real file: (process, log path)."""
+             config: str = "", devnull: bool = False) -> Iterator[tuple[Any, Path]]:
+    """A pinned extauthz server writing its audit log to a real file (``devnull``: to /dev/null,
+    the ceiling without audit I/O, nothing counted): (process, log path)."""
     with tempfile.TemporaryDirectory(prefix="bench-grpc-") as tmp:
         log = Path(tmp) / "audit.jsonl"
         conf = Path(tmp) / "config.yaml"
         conf.write_text(config or "{}\n")
         port = free_port()
-        cmd = extauthz_cmd(transport, port, args.workers, policies or args.policies, str(conf), str(log))
+        cmd = extauthz_cmd(transport, port, args.workers, policies or args.policies, str(conf),
+                           os.devnull if devnull else str(log))
         with started(name, pinned(cmd), port=port) as proc:
             proc.port = port  # type: ignore[attr-defined]
             yield proc, log
@@ -165,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--open-loop", action="store_true", help="also run at 50%% of the maximum")
     p.add_argument("--no-pin", action="store_true", help="do not pin server and h2load to CPUs 0 and 1")
     p.add_argument("--no-tokens", action="store_true", help="skip the RS256 and never-seen-token rows")
+    p.add_argument("--devnull-ceiling", action="store_true",
+                   help="add the cached allow with the audit log on /dev/null (file_vs_devnull)")
     p.add_argument("--uncached", action="store_true", help="(kept for old scripts: always on)")
     p.add_argument("--distinct-tokens", type=int, default=20000)
     p.add_argument("--check", nargs="?", const=str(BASELINE), help="compare with a baseline JSON")
@@ -210,6 +214,12 @@ def main(argv: list[str] | None = None) -> int:
                     )
                     add(f"extauthz-{transport} cached allow @50%", ol, ol_split, acols, ratio=False,
                         target_rps=round(half))
+        if args.devnull_ceiling:  # issue 16: the file's checks/s against the same server on /dev/null
+            with extauthz(f"extauthz-{transport}-devnull", transport, args, devnull=True) as (proc, _):
+                load, split, _warm = point(proc, allow, args.seconds, **kw)
+            add(f"extauthz-{transport} cached allow, audit to /dev/null", load, split)
+            filed = next(r for r in rows if r["name"] == f"extauthz-{transport} cached allow")
+            rows[-1]["file_vs_devnull"] = round(filed["rps"] / load.rps, 3) if load.rps else 0.0
         port = free_port()
         with started(f"noop-{transport}", pinned(noop_cmd(transport, port)), port=port) as proc:
             load, split = grpc_point({"server": proc.pid}, port, allow, args.seconds, **kw)
