@@ -9,7 +9,7 @@ not, list-valued and nested claims, tokens that fail verification).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -33,11 +33,28 @@ class Req:
     headers: tuple[tuple[str, str], ...] = ()
     sni: str = HOST
     token: str | None = None  # a token's name (tokens.NAMES), sent as ``Authorization: Bearer``
+    token_in: str = "bearer"  # or a spelling: one of TOKEN_SPELLINGS
+
+    def sent_path(self) -> str:
+        if self.token is None or self.token_in != "param":
+            return self.path
+        return f"{self.path}{'&' if '?' in self.path else '?'}access_token={token(self.token)}"
 
     def sent_headers(self) -> tuple[tuple[str, str], ...]:
-        if self.token is None:
+        if self.token is None or self.token_in == "param":
             return self.headers
-        return (*self.headers, ("authorization", f"Bearer {token(self.token)}"))
+        return (*self.headers, ("authorization", TOKEN_SPELLINGS[self.token_in](token(self.token))))
+
+
+TOKEN_SPELLINGS: dict[str, Callable[[str], str]] = {
+    "bearer": lambda t: f"Bearer {t}",
+    "lower": lambda t: f"bearer {t}",
+    "spaces": lambda t: f"Bearer  {t}",
+    "bare": lambda t: t,
+    "param": lambda t: "",  # ?access_token=
+}
+# spellings read differently by extauthz and Envoy's jwt_authn (test_differential's doc)
+KNOWN_DIFFERENT = frozenset({"lower", "bare"})
 
 
 @dataclass(frozen=True)
@@ -136,7 +153,9 @@ PATH_GROUPS = [
     _paths("/rule-path"), _paths("/a*b"), _paths("/axb"),
 ]
 
-TOKEN_GROUPS = [_g(Req(token=t)) for t in (*NAMES, None)]
+TOKEN_GROUPS = [_g(Req(token=t), *(Req(token=t, token_in=w) for w in TOKEN_SPELLINGS
+                                     if w != "bearer" and t in ("alice", "bob")))
+                for t in (*NAMES, None)]
 SNI_GROUPS = [_g(Req(sni=s)) for s in (HOST, "api.example", "svc.other")]
 ONE = [_g(Req()), _g(Req(who=None))]
 

@@ -19,6 +19,15 @@ these fields is expressible this way (none is skipped). Not covered, because the
 cannot say what Istio does: a token without ``sub`` (istio_authn's principal), non-string claim
 values (numbers, booleans) and space-separated string claims (istio_authn's own conversion of
 claims to string lists).
+
+Token spellings (variants of a request with a valid token): ``Bearer`` with two spaces and
+``?access_token=`` agree. Two known differences (``KNOWN_DIFFERENT``, an expected failure):
+``Authorization: bearer <jwt>``: Envoy's jwt_authn (1.40) matches the ``Bearer `` prefix
+case-sensitively and sees no token; extauthz folds the scheme's case (RFC 7235) and verifies it,
+so an ALLOW with ``requestPrincipals`` allows what Istio denies (a valid token only; the token
+is read in ``extauthz/identity/jwt_rules.py``). ``Authorization: <jwt>`` (no scheme): neither
+reads it, so a DENY on ``requestPrincipals`` lets it through on both sides while an upstream that
+takes a bare token would see that principal (the relation's "a DENY reads every spelling").
 """
 
 from __future__ import annotations
@@ -37,7 +46,7 @@ from extauthz.pipeline import CheckCore
 from extauthz.policy import PolicyError, authorization, compile_policies, load_text, matchers
 from extauthz.tools.samples import check_request
 
-from .cases import JWT_FIELDS, Case, Req, all_cases
+from .cases import JWT_FIELDS, KNOWN_DIFFERENT, Case, Req, all_cases
 from .rig import ALLOW, DENY, REFUSED, UNAUTHENTICATED, Envoy, Pki, h2_request, jwt_authn, route
 from .tokens import ISS, jwks, request_authentication
 from .translate import rbac
@@ -76,7 +85,7 @@ def oracle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Oracle]:
                   jwt=jwt_authn(ISS, jwks())).start()
     try:
         keys = [(c.id, r) for c in cases for g in c.groups for r in (g.canonical, *g.variants)]
-        sent = [(r.who, r.sni, h2_request(r.method, r.path, r.host, r.sent_headers(), cid))
+        sent = [(r.who, r.sni, h2_request(r.method, r.sent_path(), r.host, r.sent_headers(), cid))
                 for cid, r in keys]
         outcomes = envoy.send_all(sent)
     finally:
@@ -103,7 +112,7 @@ def _joined(headers: tuple[tuple[str, str], ...]) -> dict[str, str]:
 
 def extauthz_decides(core: CheckCore, req: Req, port: int) -> str:
     msg = check_request(
-        principal=req.who or "", method=req.method, path=req.path, host=req.host,
+        principal=req.who or "", method=req.method, path=req.sent_path(), host=req.host,
         headers=_joined(req.sent_headers()), source_address="127.0.0.1",
         destination_principal="", destination_address="127.0.0.1", destination_port=port,
         sni=req.sni, context_extensions={"namespace": "shop"},
@@ -119,8 +128,11 @@ def extauthz_decides(core: CheckCore, req: Req, port: int) -> str:
     return DENY  # 403, or 401 asking for a token that could help: a deny either way
 
 
-def violations(oracle: Oracle, cases: list[Case] | None = None, *, first: bool = False) -> list[str]:
-    """Every break of the relation, described (``first``: stop at the first case with one)."""
+def violations(
+    oracle: Oracle, cases: list[Case] | None = None, *, first: bool = False, known: bool = False
+) -> list[str]:
+    """Every break of the relation, described (``first``: stop at the first case with one).
+    ``known``: only the variants of a known difference (``KNOWN_DIFFERENT``), else all others."""
     out: list[str] = []
     for case in cases if cases is not None else oracle.cases:
         if first and out:
@@ -135,13 +147,17 @@ def violations(oracle: Oracle, cases: list[Case] | None = None, *, first: bool =
             want = oracle.envoy[(case.id, g.canonical)]
             got = decide(g.canonical)
             where = f"case {case.id} {case.action} {case.policy['spec']['rules']}"
-            if want.startswith(REFUSED):
+            if known:
+                pass
+            elif want.startswith(REFUSED):
                 out.append(f"{where}: Envoy refused the canonical request {g.canonical} ({want})")
             elif got != want and not (case.loose and got == DENY):
                 out.append(f"{where}: canonical {g.canonical}: Envoy {want}, extauthz {got}")
             # a DENY's positive fields read every spelling: its denial holds for every variant
             every_spelling = case.action == "DENY" and not case.negated and not case.loose
             for v in g.variants:
+                if (v.token_in in KNOWN_DIFFERENT) != known:
+                    continue
                 env, got_v = oracle.envoy[(case.id, v)], decide(v)
                 if got_v == ALLOW and env != ALLOW:
                     out.append(f"{where}: variant {v}: extauthz allows, Envoy {env}")
@@ -159,6 +175,13 @@ def test_extauthz_decides_as_envoy_rbac(oracle: Oracle) -> None:
           f"({refused} refused by Envoy's codec before RBAC, {unauthenticated} by jwt_authn), "
           f"{len(found)} violations")
     assert not found, "\n".join(found[:40]) + f"\n... {len(found)} in all"
+
+
+@pytest.mark.xfail(strict=True, reason="known differences in where a token is read (module doc)")
+def test_token_spellings_read_as_envoy_reads_them(oracle: Oracle) -> None:
+    """``Authorization: bearer <jwt>`` (lower-case scheme) and ``Authorization: <jwt>`` (none)."""
+    found = violations(oracle, known=True)
+    assert not found, "\n".join(found[:20]) + f"\n... {len(found)} in all"
 
 
 def _negated(factory: matchers.Factory) -> matchers.Factory:
