@@ -2,14 +2,18 @@
 translates, value sets in every form (exact, prefix, suffix, presence, templates, and the odd
 forms Istio loads), each as ALLOW and DENY, positive and ``not``; and requests that match, that
 do not, and spelling variants of them (method case, host case/port/trailing dot, header
-whitespace / ``_`` names / control characters, path spellings).
+whitespace / ``_`` names / control characters, path spellings). Request principals and
+``request.auth.*`` with requests carrying JWTs (``tokens.py``; no token, valid ones that match or
+not, list-valued and nested claims, tokens that fail verification).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
+
+from .tokens import ISS, NAMES, OTHER_ISS, token
 
 HOST = "svc.example"
 FRONTEND = "spiffe://example.org/ns/shop/sa/frontend"
@@ -28,6 +32,29 @@ class Req:
     host: str = HOST
     headers: tuple[tuple[str, str], ...] = ()
     sni: str = HOST
+    token: str | None = None  # a token's name (tokens.NAMES), sent as ``Authorization: Bearer``
+    token_in: str = "bearer"  # or a spelling: one of TOKEN_SPELLINGS
+
+    def sent_path(self) -> str:
+        if self.token is None or self.token_in != "param":
+            return self.path
+        return f"{self.path}{'&' if '?' in self.path else '?'}access_token={token(self.token)}"
+
+    def sent_headers(self) -> tuple[tuple[str, str], ...]:
+        if self.token is None or self.token_in == "param":
+            return self.headers
+        return (*self.headers, ("authorization", TOKEN_SPELLINGS[self.token_in](token(self.token))))
+
+
+TOKEN_SPELLINGS: dict[str, Callable[[str], str]] = {
+    "bearer": lambda t: f"Bearer {t}",
+    "lower": lambda t: f"bearer {t}",
+    "spaces": lambda t: f"Bearer  {t}",
+    "bare": lambda t: t,
+    "param": lambda t: "",  # ?access_token=
+}
+# spellings read differently by extauthz and Envoy's jwt_authn (test_differential's doc)
+KNOWN_DIFFERENT = frozenset({"lower", "bare"})
 
 
 @dataclass(frozen=True)
@@ -126,6 +153,9 @@ PATH_GROUPS = [
     _paths("/rule-path"), _paths("/a*b"), _paths("/axb"),
 ]
 
+TOKEN_GROUPS = [_g(Req(token=t), *(Req(token=t, token_in=w) for w in TOKEN_SPELLINGS
+                                     if w != "bearer" and t in ("alice", "bob")))
+                for t in (*NAMES, None)]
 SNI_GROUPS = [_g(Req(sni=s)) for s in (HOST, "api.example", "svc.other")]
 ONE = [_g(Req()), _g(Req(who=None))]
 
@@ -154,6 +184,13 @@ OPERATION: dict[str, tuple[list[list[str]], list[Group]]] = {
                ["/admin", "/admin/*"]], PATH_GROUPS),
     "ports": ([["{port}"], ["1"]], ONE),
 }
+# request principals (iss/sub): exact, prefix and suffix within iss, within sub and across the
+# '/', a sub with a '/' in it, a literal '*', a value without '/' (never matches)
+REQUEST_PRINCIPALS = [[f"{ISS}/alice"], [f"{ISS}/*"], ["*/alice"], ["*"], ["https://auth.*"],
+                      ["*.example/alice"], ["*ice"], [f"{ISS}/al*ce"], [f"{ISS}/svc/*"],
+                      ["*/worker"], [f"{ISS}/alice", f"{ISS}/bob"], [f"{OTHER_ISS}/alice"],
+                      ["alice"], ["*//auth.example/dave"]]
+SOURCE["requestPrincipals"] = (REQUEST_PRINCIPALS, TOKEN_GROUPS)
 WHEN: dict[str, tuple[list[list[str]], list[Group]]] = {
     "request.headers[x-role]": ([["admin"], ["adm*"], ["*min"], ["*"], ["a*n"],
                                  ["user", "admin"]], HEADER_GROUPS),
@@ -165,7 +202,19 @@ WHEN: dict[str, tuple[list[list[str]], list[Group]]] = {
     "destination.ip": ([["127.0.0.1"], ["10.0.0.0/8"]], ONE),
     "destination.port": ([["{port}"], ["1"]], ONE),
     "connection.sni": ([[HOST], ["*.example"], ["svc.*"], ["*"]], SNI_GROUPS),
+    "request.auth.principal": ([[f"{ISS}/alice"], ["*/bob"], ["*"], [f"{ISS}/svc/*"]],
+                               TOKEN_GROUPS),
+    "request.auth.audiences": ([["api.shop"], ["api.*"], ["*.shop"], ["*"], ["web.shop", "x"]],
+                               TOKEN_GROUPS),
+    "request.auth.presenter": ([["frontend-app"], ["front*"], ["*"], ["*end"]], TOKEN_GROUPS),
+    "request.auth.claims[groups]": ([["admin"], ["adm*"], ["*"], ["dev", "x"], ["*in"]],
+                                    TOKEN_GROUPS),
+    "request.auth.claims[org][team]": ([["payments"], ["pay*"], ["*"]], TOKEN_GROUPS),
+    "request.auth.claims[role]": ([["admin"], ["user"]], TOKEN_GROUPS),
 }
+# the fields that read the request's token: their cases get a RequestAuthentication
+JWT_FIELDS = frozenset({"requestPrincipals", "request.auth.principal", "request.auth.audiences",
+                        "request.auth.presenter", "request.auth.claims"})
 
 
 LOOSE = {("get",)}
@@ -238,14 +287,32 @@ def composite_groups() -> list[Group]:
     return out
 
 
+JWT_COMPOSITE_RULES: list[list[dict[str, Any]]] = [
+    # a request principal and a peer principal; two token conditions (all)
+    [{"from": [{"source": {"requestPrincipals": [f"{ISS}/*"],
+                           "principals": ["example.org/ns/shop/sa/frontend"]}}],
+      "when": [{"key": "request.auth.claims[groups]", "values": ["admin"]},
+               {"key": "request.auth.audiences", "notValues": ["web.shop"]}]}],
+    # Istio's "require a JWT" on some paths
+    [{"from": [{"source": {"notRequestPrincipals": ["*"]}}],
+      "to": [{"operation": {"paths": ["/admin/{**}"]}}]}],
+]
+
+
+def jwt_composite_groups() -> list[Group]:
+    return [_g(Req(who=who, path=path, token=t)) for who in (FRONTEND, API)
+            for path in ("/api/items", "/admin/x") for t in (*NAMES, None)]
+
+
 def all_cases(port: int) -> list[Case]:
     cases = list(field_cases(port))
-    groups = composite_groups()
-    for rules in COMPOSITE_RULES:
-        for action in ("ALLOW", "DENY"):
-            n = len(cases)
-            cases.append(Case(str(n), frozenset(_families(rules)), _policy(f"c{n}", action, rules),
-                              groups))
+    for table, groups in ((COMPOSITE_RULES, composite_groups()),
+                          (JWT_COMPOSITE_RULES, jwt_composite_groups())):
+        for rules in table:
+            for action in ("ALLOW", "DENY"):
+                n = len(cases)
+                cases.append(Case(str(n), frozenset(_families(rules)),
+                                  _policy(f"c{n}", action, rules), groups))
     return cases
 
 

@@ -28,10 +28,29 @@ from extauthz.devenv.processes import envoy_binary
 CASE_HEADER = "x-diff-case"
 RBAC_DENIED = b"RBAC: access denied"
 ALLOW, DENY, REFUSED, LOST = "allow", "deny", "refused", "lost"
+UNAUTHENTICATED = "unauthenticated"  # jwt_authn's 401: a token that failed verification
+
+
+def jwt_authn(issuer: str, jwks: str) -> dict[str, Any]:
+    """Envoy's jwt_authn filter as Istio configures it for one RequestAuthentication rule: the
+    provider (local JWKS, token from ``Authorization: Bearer`` or ``access_token``), its verified
+    payload in dynamic metadata (``payload``), and Istio's requirement: that provider or no token
+    at all (``allow_missing``); a token that fails verification is a 401 before RBAC."""
+    return {"name": "envoy.filters.http.jwt_authn", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+        "providers": {"issuer": {
+            "issuer": issuer,
+            "local_jwks": {"inline_string": jwks},
+            "payload_in_metadata": "payload",
+            "forward": True,
+        }},
+        "rules": [{"match": {"prefix": "/"}, "requires": {"requires_any": {"requirements": [
+            {"provider_name": "issuer"}, {"allow_missing": {}}]}}}],
+    }}
 
 
 def bootstrap(listen_port: int, admin_port: int, tls: Mapping[str, str],
-              routes: list[dict[str, Any]]) -> dict[str, Any]:
+              routes: list[dict[str, Any]], jwt: dict[str, Any] | None = None) -> dict[str, Any]:
     hcm = {
         "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager"
                  ".v3.HttpConnectionManager",
@@ -40,6 +59,7 @@ def bootstrap(listen_port: int, admin_port: int, tls: Mapping[str, str],
         "delayed_close_timeout": "0s",  # a connection error closes at once (the bisection waits)
         "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": routes}]},
         "http_filters": [
+            *([jwt] if jwt else []),
             {"name": "envoy.filters.http.rbac", "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"}},
             {"name": "envoy.filters.http.router", "typed_config": {
@@ -117,7 +137,8 @@ class Pki:
 
 class Envoy:
     def __init__(
-        self, workdir: Path, pki: Pki, routes: list[dict[str, Any]], port: int | None = None
+        self, workdir: Path, pki: Pki, routes: list[dict[str, Any]], port: int | None = None,
+        jwt: dict[str, Any] | None = None,
     ) -> None:
         self.workdir = workdir
         self.pki = pki
@@ -125,7 +146,7 @@ class Envoy:
         self.admin_port = free_port()
         self.config = workdir / "envoy.json"
         tls = {"cert": pki.server[0], "key": pki.server[1], "ca": pki.ca_file}
-        self.config.write_text(json.dumps(bootstrap(self.port, self.admin_port, tls, routes)))
+        self.config.write_text(json.dumps(bootstrap(self.port, self.admin_port, tls, routes, jwt)))
         self.proc: subprocess.Popen[bytes] | None = None
         self._contexts: dict[str | None, ssl.SSLContext] = {}
 
@@ -264,6 +285,8 @@ class Envoy:
                 out[i] = ALLOW
             elif code == 403 and RBAC_DENIED in body.get(sid, b""):
                 out[i] = DENY
+            elif code == 401:  # only jwt_authn answers 401 here
+                out[i] = UNAUTHENTICATED
             else:
                 out[i] = f"{REFUSED} {code}"
         return out

@@ -6,7 +6,28 @@ request extauthz allows Envoy allows too, and every variant of a canonical reque
 is denied by extauthz (extauthz may refuse more: 400, default deny). extauthz is default-deny and
 Istio with no ALLOW policy allows, so an ALLOW policy is compared as "allow iff matched" and a
 DENY policy as "deny iff matched" (extauthz gets an allow-everything policy beside a DENY).
-Left out: ``requestPrincipals`` and ``request.auth.*`` (Istio's own ``istio_authn`` filter).
+
+Request principals and ``request.auth.*`` are an approximation (Istio matches them on the
+metadata of its own ``istio_authn`` filter, which plain Envoy does not have): Envoy gets a
+``jwt_authn`` filter before RBAC (the test issuer, an inline JWKS of an RS256 key the test
+generates, the verified payload in metadata, a missing token allowed so RBAC decides) and the
+translation matches ``iss``/``sub``/``aud``/``azp``/claims in that payload (``translate.py``);
+extauthz gets the same issuer and JWKS as a RequestAuthentication, and the same tokens in
+``Authorization: Bearer``. A token that fails verification is a 401 on both sides (Envoy's
+jwt_authn before RBAC; extauthz ``invalid_token``): agreement, "both deny". Every value form of
+these fields is expressible this way (none is skipped). Not covered, because the approximation
+cannot say what Istio does: a token without ``sub`` (istio_authn's principal), non-string claim
+values (numbers, booleans) and space-separated string claims (istio_authn's own conversion of
+claims to string lists).
+
+Token spellings (variants of a request with a valid token): ``Bearer`` with two spaces and
+``?access_token=`` agree. Two known differences (``KNOWN_DIFFERENT``, an expected failure):
+``Authorization: bearer <jwt>``: Envoy's jwt_authn (1.40) matches the ``Bearer `` prefix
+case-sensitively and sees no token; extauthz folds the scheme's case (RFC 7235) and verifies it,
+so an ALLOW with ``requestPrincipals`` allows what Istio denies (a valid token only; the token
+is read in ``extauthz/identity/jwt_rules.py``). ``Authorization: <jwt>`` (no scheme): neither
+reads it, so a DENY on ``requestPrincipals`` lets it through on both sides while an upstream that
+takes a bare token would see that principal (the relation's "a DENY reads every spelling").
 """
 
 from __future__ import annotations
@@ -25,9 +46,10 @@ from extauthz.pipeline import CheckCore
 from extauthz.policy import PolicyError, authorization, compile_policies, load_text, matchers
 from extauthz.tools.samples import check_request
 
-from .cases import Case, Req, all_cases
-from .rig import ALLOW, DENY, REFUSED, Envoy, Pki, h2_request, route
-from .translate import NOT_TRANSLATED, rbac
+from .cases import JWT_FIELDS, KNOWN_DIFFERENT, Case, Req, all_cases
+from .rig import ALLOW, DENY, REFUSED, UNAUTHENTICATED, Envoy, Pki, h2_request, jwt_authn, route
+from .tokens import ISS, jwks, request_authentication
+from .translate import rbac
 
 pytestmark = [
     pytest.mark.e2e,
@@ -59,10 +81,11 @@ def oracle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Oracle]:
     pki = Pki(work)
     port = free_port()
     cases = all_cases(port)
-    envoy = Envoy(work, pki, [route(c.id, rbac(c.policy)) for c in cases], port=port).start()
+    envoy = Envoy(work, pki, [route(c.id, rbac(c.policy)) for c in cases], port=port,
+                  jwt=jwt_authn(ISS, jwks())).start()
     try:
         keys = [(c.id, r) for c in cases for g in c.groups for r in (g.canonical, *g.variants)]
-        sent = [(r.who, r.sni, h2_request(r.method, r.path, r.host, r.headers, cid))
+        sent = [(r.who, r.sni, h2_request(r.method, r.sent_path(), r.host, r.sent_headers(), cid))
                 for cid, r in keys]
         outcomes = envoy.send_all(sent)
     finally:
@@ -72,6 +95,8 @@ def oracle(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Oracle]:
 
 def _core(case: Case) -> CheckCore:
     docs = [case.policy] + ([ALLOW_ALL] if case.action == "DENY" else [])
+    if case.fields & JWT_FIELDS:
+        docs.append(request_authentication())
     engine = compile_policies(load_text(yaml.safe_dump_all(docs), f"case-{case.id}.yaml"))
     return CheckCore(lambda: engine)
 
@@ -87,18 +112,27 @@ def _joined(headers: tuple[tuple[str, str], ...]) -> dict[str, str]:
 
 def extauthz_decides(core: CheckCore, req: Req, port: int) -> str:
     msg = check_request(
-        principal=req.who or "", method=req.method, path=req.path, host=req.host,
-        headers=_joined(req.headers), source_address="127.0.0.1",
+        principal=req.who or "", method=req.method, path=req.sent_path(), host=req.host,
+        headers=_joined(req.sent_headers()), source_address="127.0.0.1",
         destination_principal="", destination_address="127.0.0.1", destination_port=port,
         sni=req.sni, context_extensions={"namespace": "shop"},
     )
     body, _, _ = core.check(msg.SerializeToString())
     resp = ext.CheckResponse.FromString(body)
-    return ALLOW if resp.status.code == 0 else DENY
+    if resp.status.code == 0:
+        return ALLOW
+    challenge = [h.header.value for h in resp.denied_response.headers
+                 if h.header.key.lower() == "www-authenticate"]
+    if resp.denied_response.status.code == 401 and any("invalid_token" in c for c in challenge):
+        return UNAUTHENTICATED  # the token failed verification
+    return DENY  # 403, or 401 asking for a token that could help: a deny either way
 
 
-def violations(oracle: Oracle, cases: list[Case] | None = None, *, first: bool = False) -> list[str]:
-    """Every break of the relation, described (``first``: stop at the first case with one)."""
+def violations(
+    oracle: Oracle, cases: list[Case] | None = None, *, first: bool = False, known: bool = False
+) -> list[str]:
+    """Every break of the relation, described (``first``: stop at the first case with one).
+    ``known``: only the variants of a known difference (``KNOWN_DIFFERENT``), else all others."""
     out: list[str] = []
     for case in cases if cases is not None else oracle.cases:
         if first and out:
@@ -113,17 +147,21 @@ def violations(oracle: Oracle, cases: list[Case] | None = None, *, first: bool =
             want = oracle.envoy[(case.id, g.canonical)]
             got = decide(g.canonical)
             where = f"case {case.id} {case.action} {case.policy['spec']['rules']}"
-            if want.startswith(REFUSED):
+            if known:
+                pass
+            elif want.startswith(REFUSED):
                 out.append(f"{where}: Envoy refused the canonical request {g.canonical} ({want})")
             elif got != want and not (case.loose and got == DENY):
                 out.append(f"{where}: canonical {g.canonical}: Envoy {want}, extauthz {got}")
             # a DENY's positive fields read every spelling: its denial holds for every variant
             every_spelling = case.action == "DENY" and not case.negated and not case.loose
             for v in g.variants:
+                if (v.token_in in KNOWN_DIFFERENT) != known:
+                    continue
                 env, got_v = oracle.envoy[(case.id, v)], decide(v)
                 if got_v == ALLOW and env != ALLOW:
                     out.append(f"{where}: variant {v}: extauthz allows, Envoy {env}")
-                if every_spelling and want == DENY and got_v == ALLOW:
+                if every_spelling and want in (DENY, UNAUTHENTICATED) and got_v == ALLOW:
                     out.append(f"{where}: variant {v} of a request Envoy denies: extauthz allows")
     return out
 
@@ -132,9 +170,18 @@ def test_extauthz_decides_as_envoy_rbac(oracle: Oracle) -> None:
     policies, requests = oracle.size
     found = violations(oracle)
     refused = sum(o.startswith(REFUSED) for o in oracle.envoy.values())
+    unauthenticated = sum(o == UNAUTHENTICATED for o in oracle.envoy.values())
     print(f"\ndifferential: {policies} policies, {requests} requests "
-          f"({refused} refused by Envoy's codec before RBAC), {len(found)} violations")
+          f"({refused} refused by Envoy's codec before RBAC, {unauthenticated} by jwt_authn), "
+          f"{len(found)} violations")
     assert not found, "\n".join(found[:40]) + f"\n... {len(found)} in all"
+
+
+@pytest.mark.xfail(strict=True, reason="known differences in where a token is read (module doc)")
+def test_token_spellings_read_as_envoy_reads_them(oracle: Oracle) -> None:
+    """``Authorization: bearer <jwt>`` (lower-case scheme) and ``Authorization: <jwt>`` (none)."""
+    found = violations(oracle, known=True)
+    assert not found, "\n".join(found[:20]) + f"\n... {len(found)} in all"
 
 
 def _negated(factory: matchers.Factory) -> matchers.Factory:
@@ -150,7 +197,7 @@ def _always(factory: matchers.Factory) -> matchers.Factory:
 
 
 @pytest.mark.parametrize("mutate", [_negated, _always], ids=["negated", "always"])
-@pytest.mark.parametrize("family", sorted(set(matchers.FIELD_MATCHERS) - NOT_TRANSLATED))
+@pytest.mark.parametrize("family", sorted(matchers.FIELD_MATCHERS))
 def test_a_broken_field_matcher_is_caught(
     oracle: Oracle, family: str, mutate: Callable[[matchers.Factory], matchers.Factory],
     monkeypatch: pytest.MonkeyPatch,
@@ -174,6 +221,5 @@ def test_every_field_the_loader_accepts_has_cases() -> None:
                          *(t["operation"] for t in rule.get("to", []))):
                 written.update(part)
             written.update(c["key"].partition("[")[0] for c in rule.get("when", []))
-    missing = accepted - written - NOT_TRANSLATED
+    missing = accepted - written
     assert not missing, f"fields the loader accepts without differential cases: {sorted(missing)}"
-    assert accepted >= NOT_TRANSLATED  # the exclusions are real fields, and only those

@@ -8,21 +8,38 @@ in istio/istio (each ``*-in.yaml`` policy beside the ``*-out.yaml`` RBAC Istio g
 its values. Value forms follow Istio's ``matcher.StringMatcherWithPrefix``: ``*`` -> safe_regex
 ``.+`` (present_match for headers), ``*x`` -> suffix, ``x*`` -> prefix, anything else exact.
 
-Left out (Istio needs its own ``istio_authn`` filter, no plain Envoy equivalent):
-``requestPrincipals``/``notRequestPrincipals`` and every ``request.auth.*`` key.
+Request principals and ``request.auth.*`` are an approximation: Istio matches them against the
+metadata of its own ``istio_authn`` filter (``request.auth.principal`` = ``iss/sub`` as one
+string, every claim as a list of strings); plain Envoy has only ``envoy.filters.http.jwt_authn``,
+whose ``payload_in_metadata`` puts the verified payload, as the token wrote it, under
+``envoy.filters.http.jwt_authn`` / ``payload``. So (``jwt_authn`` RBAC metadata matchers):
+
+- ``requestPrincipals``/``request.auth.principal`` ``ISS/SUB``: ``iss/sub`` is no single string
+  there. A value is matched as Istio's string match on ``iss + "/" + sub`` would match it, split
+  at each ``/`` it could straddle: exact ``A/B`` -> OR over the ``/`` in the value of
+  (``iss`` exact A AND ``sub`` exact B); prefix ``P*`` -> ``iss`` prefix P, or OR over the ``/``
+  in P of (``iss`` exact left AND ``sub`` prefix right, no ``sub`` test when right is empty);
+  suffix ``*S`` -> ``sub`` suffix S, or OR over the ``/`` in S of (``iss`` suffix left, none when
+  empty, AND ``sub`` exact right); ``*`` -> ``iss`` present (every verified token has one); a
+  value without ``/`` never matches. Every form is expressible this way.
+- ``request.auth.claims[a][b]`` -> path ``payload/a/b``; Istio's builder data has ``list_match``
+  ``one_of`` (istio_authn stores each claim as a list), jwt_authn keeps a string claim a string:
+  OR of ``list_match`` one_of and ``string_match``. ``request.auth.audiences`` -> ``aud`` (a string
+  or a list, likewise), ``request.auth.presenter`` -> ``azp``.
+- Istio puts them on the principal side (``metadata`` principals); so does this translation.
 """
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
 Json = dict[str, Any]
-NOT_TRANSLATED = frozenset({"requestPrincipals", "notRequestPrincipals", "request.auth.principal",
-                            "request.auth.audiences", "request.auth.presenter",
-                            "request.auth.claims"})
+JWT_FILTER = "envoy.filters.http.jwt_authn"
+PAYLOAD = "payload"  # jwt_authn's payload_in_metadata
 
 
 def string_match(v: str, prefix: str = "") -> Json:
@@ -102,6 +119,49 @@ def trust_domain(v: str) -> Json:
     return regex_principal(f"spiffe://{td}/.*")
 
 
+def _payload(path: Sequence[str], value: Json) -> Json:
+    return {"metadata": {"filter": JWT_FILTER, "path": [{"key": k} for k in (PAYLOAD, *path)],
+                         "value": value}}
+
+
+def _claim_is(name: str, m: Json) -> Json:
+    return _payload([name], {"string_match": m})
+
+
+def request_principal(v: str) -> Json:
+    """Istio's string match on ``iss/sub``, as matchers on ``iss`` and ``sub`` (module doc)."""
+    if v == "*":
+        return _claim_is("iss", {"safe_regex": {"regex": ".+"}})
+    cuts = [i for i, c in enumerate(v) if c == "/"]
+    alts: list[Json] = []
+    if v.startswith("*"):
+        s = v[1:]
+        alts.append(_claim_is("sub", {"suffix": s}))
+        for k in (i - 1 for i in cuts):
+            left, right = s[:k], s[k + 1:]
+            sub = _claim_is("sub", {"exact": right})
+            alts.append(_and("i", [_claim_is("iss", {"suffix": left}), sub] if left else [sub]))
+    elif v.endswith("*"):
+        p = v[:-1]
+        alts.append(_claim_is("iss", {"prefix": p}))
+        for k in cuts:
+            left, right = p[:k], p[k + 1:]
+            iss = _claim_is("iss", {"exact": left})
+            alts.append(_and("i", [iss, _claim_is("sub", {"prefix": right})] if right else [iss]))
+    else:
+        for k in cuts:
+            alts.append(_and("i", [_claim_is("iss", {"exact": v[:k]}),
+                                   _claim_is("sub", {"exact": v[k + 1:]})]))
+    return _or("i", alts) if alts else {"not_id": {"any": True}}
+
+
+def claim(path: Sequence[str], v: str) -> Json:
+    """A claim (a string or a list of strings) as Istio's list matcher reads it."""
+    m = string_match(v)
+    return _or("i", [_payload(path, {"list_match": {"one_of": {"string_match": m}}}),
+                     _payload(path, {"string_match": m})])
+
+
 # field -> (side, value -> matcher); side "p": permission, "i": principal (identity)
 def _fields(ns: str) -> dict[str, tuple[str, Callable[[str], Json]]]:
     return {
@@ -122,6 +182,10 @@ def _fields(ns: str) -> dict[str, tuple[str, Callable[[str], Json]]]:
         "destination.ip": ("p", lambda v: {"destination_ip": cidr(v)}),
         "destination.port": ("p", lambda v: {"destination_port": int(v)}),
         "connection.sni": ("p", lambda v: {"requested_server_name": string_match(v)}),
+        "requestPrincipals": ("i", request_principal),
+        "request.auth.principal": ("i", request_principal),
+        "request.auth.audiences": ("i", lambda v: claim(["aud"], v)),
+        "request.auth.presenter": ("i", lambda v: _claim_is("azp", string_match(v))),
     }
 
 
@@ -159,8 +223,11 @@ def _field_matchers(fields: dict[str, Any], ns: str) -> tuple[list[Json], list[J
 
 def _condition(cond: dict[str, Any], ns: str) -> tuple[str, Json]:
     key = cond["key"]
+    make: Callable[[str], Json]
     if key.startswith("request.headers["):
-        side, make = "p", (lambda v, n=key[16:-1]: header_values(n, v))
+        side, make = "p", functools.partial(header_values, key[16:-1])
+    elif key.startswith("request.auth.claims["):
+        side, make = "i", functools.partial(claim, key[len("request.auth.claims["):-1].split("]["))
     else:
         side, make = _fields(ns)[key]
     parts = []
