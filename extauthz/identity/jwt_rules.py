@@ -25,6 +25,9 @@ from extauthz.policy.model import JwtRuleSpec
 # The resolver's logger, as before the split: operators filter on its name.
 log = logging.getLogger("extauthz.identity.resolver")
 
+# A JWT (JWS compact serialization): three base64url parts, the last one possibly empty.
+_BARE_JWT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*")
+
 MAX_HEADER_VALUE = 4096
 _HEADER_NAME = re.compile(r"[!#$%&'*+\-.^_`|~0-9a-z]+")
 _RESERVED_HEADERS = frozenset(
@@ -144,7 +147,16 @@ def extract_tokens(req: RequestView, rules: Sequence[JwtRule]) -> list[tuple[Loc
             if value is None:
                 continue
             if loc.prefix:
-                if value[: len(loc.prefix)].lower() != loc.prefix.lower():
+                head = value[: len(loc.prefix)]
+                if head != loc.prefix:
+                    # Envoy's jwt_authn reads the prefix exactly ("Bearer "), so Istio would see
+                    # no token in "bearer <jwt>" or a bare "<jwt>"; an upstream may still take it.
+                    # An ALLOW must not gain from such a token and a DENY must not miss it:
+                    # refuse the request (401 invalid_token). Other schemes (Basic) pass.
+                    if head.lower() == loc.prefix.lower():
+                        raise TokenError(f"the token's prefix must be written {loc.prefix.strip()!r}")
+                    if _BARE_JWT.fullmatch(value.strip()):
+                        raise TokenError(f"a token without its {loc.prefix.strip()!r} prefix")
                     continue  # another scheme (Basic ...): not a token for this location
                 value = value[len(loc.prefix) :]
             value = value.strip()

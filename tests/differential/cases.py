@@ -54,7 +54,7 @@ TOKEN_SPELLINGS: dict[str, Callable[[str], str]] = {
     "param": lambda t: "",  # ?access_token=
 }
 # spellings read differently by extauthz and Envoy's jwt_authn (test_differential's doc)
-KNOWN_DIFFERENT = frozenset({"lower", "bare"})
+TOKEN_REFUSED = frozenset({"lower", "bare"})
 
 
 @dataclass(frozen=True)

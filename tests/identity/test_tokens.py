@@ -323,3 +323,24 @@ def test_query_token_removed_upstream_unless_forwarded(extra: str, query: str, r
     ok = ext.CheckResponse.FromString(body).ok_response
     assert list(ok.query_parameters_to_remove) == removed
     assert "authorization" not in ok.headers_to_remove  # the token was not in a header
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        pytest.param("bearer {t}", id="lower-case scheme"),
+        pytest.param("BEARER {t}", id="upper-case scheme"),
+        pytest.param("{t}", id="no scheme"),
+    ],
+)
+def test_a_token_spelled_so_envoys_jwt_authn_would_not_read_it_is_refused(header: str) -> None:
+    """Envoy's jwt_authn (Istio) reads only ``Bearer <jwt>``: it sees no token in these, while an
+    upstream may take one. Read, the token would let an ALLOW match more than Istio's; ignored, it
+    would pass a DENY on requestPrincipals. Refused: 401 invalid_token (tests/differential)."""
+    error = _invalid("", headers={"authorization": header.format(t=mint(claims()))})
+    assert "Bearer" in error
+
+
+def test_another_authorization_scheme_is_no_token() -> None:
+    res = resolve(resolver(RA), headers={"authorization": "Basic dXNlcjpwYXNz"})
+    assert res.status == 200 and res.identity.token is None
