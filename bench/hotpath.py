@@ -3,8 +3,8 @@
     python bench/hotpath.py [--seconds 2] [--policies policies] [--tracing]
 
 The core is wired as ``serve`` wires it: decision cache on, audit log to a file (writer thread
-running), metrics on. ``cached``: the same serialized request over and over (every check after
-the first is a cache hit); ``uncached``: the same request with the cache off (decide() every
+running), metrics on. ``cached``: the bench's allowed request over and over (every check after
+the first is a cache hit); ``uncached``: the same requests with the cache off (decide() every
 time). CPU per check is the process CPU (the audit writer thread included) divided by checks.
 The breakdown times each step of a cached check on its own with perf_counter_ns (instrumentation
 lives here only; the steps are the calls CheckCore makes).
@@ -173,12 +173,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=2)
     p.add_argument("--policies", default="policies")
     p.add_argument("--tracing", action="store_true", help="also run with tracing on (100%% and 1%%)")
+    p.add_argument("--bodies", type=int, default=4096, help="distinct request bodies sent in turn")
     args = p.parse_args(argv)
-    data = check_request_bytes(allowed=True)
+    bodies = [check_request_bytes(allowed=True, i=i) for i in range(max(1, args.bodies))]
+    data = bodies[0]
+    next_body = itertools.cycle(bodies).__next__
     with tempfile.TemporaryDirectory() as tmp:
         for kind in ("cached", "uncached"):
             core, audit = build(args.policies, os.path.join(tmp, f"{kind}.jsonl"), kind == "cached")
-            wall, cpu = rate(lambda core=core: core.answer(data), args.seconds)  # type: ignore[misc]
+            wall, cpu = rate(lambda core=core: core.answer(next_body()), args.seconds)  # type: ignore[misc]
             print(f"answer {kind:8s}: {wall:6.1f} us wall, {cpu:6.1f} us CPU per check "
                   f"({1e6 / cpu:,.0f} checks/s per core)")
             if kind == "cached":
