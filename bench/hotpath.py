@@ -34,10 +34,11 @@ from _common import check_request_bytes, free_port
 
 from extauthz._pb.envoy.service.auth.v3 import external_auth_pb2 as ext
 from extauthz.decision.audit import AuditLog
+from extauthz.decision.audit.record import encode_body
 from extauthz.decision.cache import DecisionCache
 from extauthz.decision.decision import cache_hit, decide, new_decision_id
 from extauthz.decision.inputs import record_input
-from extauthz.decision.record import audit_record
+from extauthz.decision.record import HitRecord, audit_record, hit_template
 from extauthz.decision.render import prepare, render
 from extauthz.envoy.request import from_check_request
 from extauthz.identity.resolver import IdentityContext
@@ -144,9 +145,15 @@ def breakdown(core: CheckCore, data: bytes) -> dict[str, float]:
     assert engine is not None and core.cache is not None
     core.answer(data)  # fill the cache
     key = core.cache.key(engine, req)
-    decision, prepared = core._decide(engine, req)
+    decision, prepared, entry = core._decide(engine, req)
+    assert entry is not None and entry.template is not None
+    template = entry.template
+    hit = HitRecord(template, decision.decision_id, req.path, req.request_id, 10)
     m = core.metrics
     assert m is not None
+    hit.body()
+    miss = decide(engine, req, core.identity.resolver(engine.policies), core._input_plan(engine))
+    miss_record = audit_record(miss, req, 10)
     return {
         "parse (FromString)": per_call(lambda: ext.CheckRequest.FromString(data)),
         "from_check_request": per_call(lambda: from_check_request(msg)),
@@ -163,7 +170,12 @@ def breakdown(core: CheckCore, data: bytes) -> dict[str, float]:
             lambda: record_input(core._input_plan(engine), req, decision.identity)
         ),
         "prepare (response of a miss)": per_call(lambda: prepare(decision, core._managed)),
-        "audit_record": per_call(lambda: audit_record(decision, req, 10)),
+        "audit_record (a miss's record)": per_call(lambda: audit_record(decision, req, 10)),
+        "encode_body (a miss's record)": per_call(lambda: encode_body(miss_record)),
+        "HitRecord + body() (a hit's record)": per_call(
+            lambda: HitRecord(template, decision.decision_id, req.path, req.request_id, 10).body()
+        ),
+        "hit_template (what a miss adds to keep it)": per_call(lambda: hit_template(miss)),
         "metrics.observe": per_call(lambda: m.observe(True, "allowed", 0.0001)),
     }
 

@@ -61,6 +61,7 @@ IDENTITY_HEADERS = frozenset({"authorization", "x-forwarded-client-cert"})
 
 
 Key = tuple[Hashable, ...]
+KEY_PATH = 12  # where a key holds the canonical path (make_key, message_key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +115,7 @@ def make_key(plan: KeyPlan, bundle_generation: int, req: RequestView) -> Key:
         req.sni,
         req.method,
         req.host,
-        req.path,
+        req.path,  # KEY_PATH
         _v(req.query) if plan.query else None,
         tuple(_v(h.get(name)) for name in plan.headers),
     )
@@ -163,7 +164,7 @@ def message_key(plan: KeyPlan, bundle_generation: int, msg: Any) -> Key | None:
         attrs.tls_session.sni,
         method.upper(),
         split_host(host),
-        path,
+        path,  # KEY_PATH
         _v(query if sep else "") if plan.query else None,
         tuple(_v(h.get(name)) for name in plan.headers),
     )

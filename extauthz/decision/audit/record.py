@@ -69,14 +69,24 @@ def fits(body: str) -> bool:
     that cannot be shown cheaply (then the caller caps).
 
     Without an escaped quote every ``"`` delimits a string, so a string's encoding (never shorter
-    than the string) is a run without quotes; a list of more than ``MAX_LIST_ITEMS`` items holds
-    at least ``MAX_LIST_ITEMS`` commas after the first ``[``. A short body holds neither."""
-    if len(body) <= MAX_FIELD_CHARS:
-        return True  # (a long list in a body this short is let be: it cannot blow up a record)
-    if '\\"' in body or _LONG_RUN.search(body) is not None:
+    than the string) is a run without quotes, and a body that short holds no long string; a list
+    of more than ``MAX_LIST_ITEMS`` items holds at least ``MAX_LIST_ITEMS`` commas after the
+    first ``[``."""
+    if len(body) > MAX_FIELD_CHARS and ('\\"' in body or _LONG_RUN.search(body) is not None):
         return False
     bracket = body.find("[")
-    return bracket == -1 or body.count(",", bracket) < MAX_LIST_ITEMS
+    return (
+        bracket == -1
+        or body.count("[") == body.count("[]")  # every list empty
+        or body.count(",", bracket) < MAX_LIST_ITEMS
+    )
+
+
+def json_string(text: str) -> str:
+    """``text`` as a JSON string, capped like a record's values."""
+    if len(text) > MAX_FIELD_CHARS:
+        text = text[:MAX_FIELD_CHARS] + "…"
+    return _ENCODER.encode(str(text))
 
 
 def encode_value(value: Any) -> str:
