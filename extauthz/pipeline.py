@@ -246,7 +246,7 @@ class CheckCore:
         prepared = prepare(decision, self._managed)
         ident = decision.identity
         token_exp = ident.token.expires_at if ident.token is not None else None
-        cache.put(key, cached(decision, prepared), token_exp, ident.peer_not_after)
+        cache.put(key, cached(decision, prepared, cache.share), token_exp, ident.peer_not_after)
         return decision, prepared, None
 
     def _with_headers(self, decision: Decision) -> Decision:

@@ -9,9 +9,11 @@ record dict, no JSON encoding (issue 14).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from typing import Any
 
-from extauthz.decision.decision import Decision
+from extauthz.decision.decision import DECISION_FIELDS, Decision
 from extauthz.decision.record import HitTemplate, hit_template
 from extauthz.envoy.response import Prepared
 
@@ -23,6 +25,28 @@ class Cached:
     template: HitTemplate | None  # None: the decision had no input (never for a cacheable one)
 
 
-def cached(decision: Decision, prepared: Prepared) -> Cached:
-    """The cache entry of a decision just made (with its input)."""
-    return Cached(decision, prepared, hit_template(decision))
+def _same(value: Any, key: Hashable = None) -> Any:
+    return value
+
+
+def cached(
+    decision: Decision, prepared: Prepared, share: Callable[..., Any] = _same
+) -> Cached:
+    """The cache entry of a decision just made (with its input).
+
+    With its template, the entry keeps the decision without its input and id (a hit takes both
+    from the template and a new id): ``share`` (``DecisionCache.share``) then makes entries
+    whose decisions, responses and templates are equal keep one ``Cached`` between them."""
+    template = hit_template(decision)
+    if template is None:
+        return Cached(decision, prepared, None)
+    kept = Decision(*[getattr(decision, name) for name in DECISION_FIELDS])
+    kept.decision_id = ""
+    kept.input = None
+    kept.identity = share(kept.identity)
+    kept.headers = share(kept.headers)
+    prepared = share(prepared)
+    template = share(template)
+    fields = tuple(getattr(kept, name) for name in DECISION_FIELDS)
+    entry: Cached = share(Cached(kept, prepared, template), ("cached", fields, prepared, template))
+    return entry

@@ -146,3 +146,28 @@ def test_template_of_a_decision_is_hit_record_encoded() -> None:
         assert record.as_dict() == json.loads(encode_body(expected))
     assert template.input("/x/ü") == inp
     assert hit_template(Decision(False, 403, "malformed", "id2")) is None  # no input: no template
+
+
+def test_entries_share_what_is_equal_and_only_that(tmp_path: Path) -> None:
+    engine = compile_policies(load_text(POLICY))
+    cache = DecisionCache(100, 60.0)
+    core = CheckCore(lambda: engine, cache=cache)
+    frontend = "spiffe://example.org/ns/shop/sa/frontend"
+    for path in ("/api/a", "/api/b"):
+        core.check(check_request(path=path).SerializeToString())
+    core.check(check_request(path="/api/a", principal=frontend + "x").SerializeToString())
+    entries = cache._entries
+    (ka, a), (kb, b), (kc, c) = entries.items()
+    # Two paths, one caller: one decision, response and record template between them.
+    assert a.value is b.value and ka[0] is kb[0] and ka[1] != kb[1]
+    # Another caller: nothing of the decision shared; each hit answers with its own.
+    assert c.value is not a.value and kc[0] != ka[0]
+    assert c.value.decision.reason == "no_matching_policy" and a.value.decision.allowed
+    for principal, allowed in ((frontend, True), (frontend + "x", False)):
+        _, record, decision = core.check(
+            check_request(path="/api/a", principal=principal).SerializeToString()
+        )
+        assert record["cache"] == "hit" and decision.allowed is allowed
+        assert record["source"]["principal"] == principal == record["input"]["source"]["principal"]
+    # The record comes from the template: the kept decision has no input (and no id).
+    assert a.value.decision.input is None and a.value.decision.decision_id == ""
