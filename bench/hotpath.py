@@ -3,8 +3,8 @@
     python bench/hotpath.py [--seconds 2] [--policies policies] [--tracing]
 
 The core is wired as ``serve`` wires it: decision cache on, audit log to a file (writer thread
-running), metrics on. ``cached``: the same serialized request over and over (every check after
-the first is a cache hit); ``uncached``: the same request with the cache off (decide() every
+running), metrics on. ``cached``: the bench's allowed request over and over (every check after
+the first is a cache hit); ``uncached``: the same requests with the cache off (decide() every
 time). CPU per check is the process CPU (the audit writer thread included) divided by checks.
 The breakdown times each step of a cached check on its own with perf_counter_ns (instrumentation
 lives here only; the steps are the calls CheckCore makes).
@@ -34,10 +34,11 @@ from _common import check_request_bytes, free_port
 
 from extauthz._pb.envoy.service.auth.v3 import external_auth_pb2 as ext
 from extauthz.decision.audit import AuditLog
+from extauthz.decision.audit.record import encode_body
 from extauthz.decision.cache import DecisionCache
 from extauthz.decision.decision import cache_hit, decide, new_decision_id
 from extauthz.decision.inputs import record_input
-from extauthz.decision.record import audit_record
+from extauthz.decision.record import HitRecord, audit_record, hit_template
 from extauthz.decision.render import prepare, render
 from extauthz.envoy.request import from_check_request
 from extauthz.identity.resolver import IdentityContext
@@ -144,9 +145,15 @@ def breakdown(core: CheckCore, data: bytes) -> dict[str, float]:
     assert engine is not None and core.cache is not None
     core.answer(data)  # fill the cache
     key = core.cache.key(engine, req)
-    decision, prepared = core._decide(engine, req)
+    decision, prepared, entry = core._decide(engine, req)
+    assert entry is not None and entry.template is not None
+    template = entry.template
+    hit = HitRecord(template, decision.decision_id, req.path, req.request_id, 10)
     m = core.metrics
     assert m is not None
+    hit.body()
+    miss = decide(engine, req, core.identity.resolver(engine.policies), core._input_plan(engine))
+    miss_record = audit_record(miss, req, 10)
     return {
         "parse (FromString)": per_call(lambda: ext.CheckRequest.FromString(data)),
         "from_check_request": per_call(lambda: from_check_request(msg)),
@@ -163,7 +170,12 @@ def breakdown(core: CheckCore, data: bytes) -> dict[str, float]:
             lambda: record_input(core._input_plan(engine), req, decision.identity)
         ),
         "prepare (response of a miss)": per_call(lambda: prepare(decision, core._managed)),
-        "audit_record": per_call(lambda: audit_record(decision, req, 10)),
+        "audit_record (a miss's record)": per_call(lambda: audit_record(decision, req, 10)),
+        "encode_body (a miss's record)": per_call(lambda: encode_body(miss_record)),
+        "HitRecord + body() (a hit's record)": per_call(
+            lambda: HitRecord(template, decision.decision_id, req.path, req.request_id, 10).body()
+        ),
+        "hit_template (what a miss adds to keep it)": per_call(lambda: hit_template(miss)),
         "metrics.observe": per_call(lambda: m.observe(True, "allowed", 0.0001)),
     }
 
@@ -173,12 +185,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=2)
     p.add_argument("--policies", default="policies")
     p.add_argument("--tracing", action="store_true", help="also run with tracing on (100%% and 1%%)")
+    p.add_argument("--bodies", type=int, default=4096, help="distinct request bodies sent in turn")
     args = p.parse_args(argv)
-    data = check_request_bytes(allowed=True)
+    bodies = [check_request_bytes(allowed=True, i=i) for i in range(max(1, args.bodies))]
+    data = bodies[0]
+    next_body = itertools.cycle(bodies).__next__
     with tempfile.TemporaryDirectory() as tmp:
         for kind in ("cached", "uncached"):
             core, audit = build(args.policies, os.path.join(tmp, f"{kind}.jsonl"), kind == "cached")
-            wall, cpu = rate(lambda core=core: core.answer(data), args.seconds)  # type: ignore[misc]
+            wall, cpu = rate(lambda core=core: core.answer(next_body()), args.seconds)  # type: ignore[misc]
             print(f"answer {kind:8s}: {wall:6.1f} us wall, {cpu:6.1f} us CPU per check "
                   f"({1e6 / cpu:,.0f} checks/s per core)")
             if kind == "cached":

@@ -5,8 +5,10 @@
 In a fresh process (``python bench/memory_cost.py --child``): the Check core wired as ``serve``
 wires it (decision cache of ``--entries``, audit log to a real file, metrics), RSS read from
 /proc after importing, after loading ``--rules`` rules (bench/rules_cost.py's ``mesh`` policy
-set), and after ``--entries`` distinct allowed requests (each its own path: a cache entry each).
-Target (issue 14): <= 150 MB with 10,000 rules and 100,000 entries.
+set), and after ``--entries`` distinct allowed requests (each its own path: a cache entry each; with
+``--vary caller`` each also from its own source address and SPIFFE principal, so that entries
+share nothing but the policy set). Target (issue 14): <= 150 MB with 10,000 rules and 100,000
+entries.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ def rss_mb() -> float:
     return 0.0
 
 
-def child(rules: int, entries: int) -> dict[str, float]:
+def child(rules: int, entries: int, vary: str = "path") -> dict[str, float]:
     from rules_cost import policy_text
 
     from extauthz.decision.audit import AuditLog
@@ -56,8 +58,12 @@ def child(rules: int, entries: int) -> dict[str, float]:
             headers={"user-agent": "bench/1.0", "x-b3-traceid": "80f198ee56343ba864fe8b2a57d3eff7"},
         )
         http = msg.attributes.request.http
+        src = msg.attributes.source
         allowed = 0
         for i in range(entries):
+            if vary == "caller":
+                src.address.socket_address.address = f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}"
+                src.principal = f"spiffe://example.org/ns/client0/sa/app0-{i}"
             http.path = f"/svc0/r0/items/{i}"
             http.headers["x-request-id"] = f"req-{i:08d}"
             allowed += core.check(msg.SerializeToString())[2].allowed
@@ -74,13 +80,16 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--rules", type=int, default=10000)
     p.add_argument("--entries", type=int, default=100000)
+    p.add_argument("--vary", choices=("path", "caller"), default="path",
+                   help="what differs between entries: the path, or also the caller")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
-        print(json.dumps(child(args.rules, args.entries)))
+        print(json.dumps(child(args.rules, args.entries, args.vary)))
         return 0
     run = subprocess.run(
-        [sys.executable, __file__, "--child", "--rules", str(args.rules), "--entries", str(args.entries)],
+        [sys.executable, __file__, "--child", "--rules", str(args.rules), "--entries", str(args.entries),
+         "--vary", args.vary],
         capture_output=True, text=True, check=True,
     )
     result = json.loads(run.stdout.strip().splitlines()[-1])

@@ -21,11 +21,12 @@ from google.protobuf.message import DecodeError
 from extauthz import reasons
 from extauthz._pb.envoy.service.auth.v3 import external_auth_pb2 as ext
 from extauthz.decision.audit import OVERFLOW_DENY, AuditLog, rfc3339, rfc3339_now
-from extauthz.decision.cache import DecisionCache, Key
+from extauthz.decision.cache import KEY_PATH, DecisionCache, Key
 from extauthz.decision.decision import Decision, cache_hit, decide, new_decision_id
+from extauthz.decision.hits import Cached, cached
 from extauthz.decision.inputs import Exclusions, InputPlan, plan_for, record_input
 from extauthz.decision.quarantine import Quarantine, caller_of
-from extauthz.decision.record import audit_record, hit_record, quarantine_record
+from extauthz.decision.record import HitRecord, audit_record, encoded, hit_record, quarantine_record
 from extauthz.decision.render import prepare, render
 from extauthz.decision.tracing import Tracer
 from extauthz.envoy import response
@@ -49,9 +50,19 @@ _NOT_THE_CALLERS_FAULT = frozenset(
 )
 
 
-def _record_again(decision: Decision, req: RequestView | None, record: dict[str, Any]) -> dict[str, Any]:
+# An audit record: a dict, or a cache hit's record encoded but for its per-request members.
+Record = dict[str, Any] | HitRecord
+
+
+def _as_dict(record: Record) -> dict[str, Any]:
+    return record.as_dict() if isinstance(record, HitRecord) else record
+
+
+def _record_again(decision: Decision, req: RequestView | None, record: Record) -> dict[str, Any]:
     """The record of ``decision`` that replaces ``record`` (a late or unauditable allow turned
-    deny), from the view or, for a hit answered without one, from the decision's input."""
+    deny), from the view or, for a hit answered without one, from the hit's input."""
+    if isinstance(record, HitRecord):
+        return record.again(decision)
     latency = record.get("latency_us", 0)
     if req is None and record.get("request") is not None:
         again = hit_record(decision, record.get("request_id", ""), latency)
@@ -107,12 +118,12 @@ class CheckCore:
 
     def check_message(self, msg: ext.CheckRequest) -> tuple[bytes, dict[str, Any], Decision]:
         body, record, decision, _ = self._check(lambda: msg)
-        return body, record, decision
+        return body, _as_dict(record), decision
 
     def check(self, data: bytes) -> tuple[bytes, dict[str, Any], Decision]:
         """Answer one serialized CheckRequest: (CheckResponse bytes, audit record, decision)."""
         body, record, decision, _ = self._check(lambda: ext.CheckRequest.FromString(data))
-        return body, record, decision
+        return body, _as_dict(record), decision
 
     def answer(self, data: bytes, deadline: float | None = None) -> bytes:
         """What the server calls: check, audit (failing closed if so set), metrics.
@@ -150,19 +161,25 @@ class CheckCore:
     def _audit_and_count(
         self,
         body: bytes,
-        record: dict[str, Any],
+        record: Record,
         decision: Decision,
         req: RequestView | None,
         start: float,
     ) -> bytes:
         """Audit (failing closed if so set) and metrics: the end of every answered call."""
         if self.worker is not None:
-            record["worker"] = self.worker
+            if isinstance(record, HitRecord):
+                record.worker = self.worker
+            else:
+                record["worker"] = self.worker
         audit = self.audit
-        # emit() first: the record is offered whatever the decision; refused, an allow is undone.
+        # emit first: the record is offered whatever the decision; refused, an allow is undone.
         if (
             audit is not None
-            and not audit.emit(record)
+            and not audit.emit_body(
+                encoded(record),
+                record.allowed if isinstance(record, HitRecord) else record.get("allowed") is True,
+            )
             and decision.allowed
             and audit.overflow == OVERFLOW_DENY
         ):
@@ -195,10 +212,10 @@ class CheckCore:
 
     def _decide(
         self, engine: Engine | None, req: RequestView, key: Key | None = None
-    ) -> tuple[Decision, response.Prepared | None]:
-        """Quarantine, then the cache, then ``decide``: the decision and, when it came from or
-        went to the cache, its prepared response. ``key``: the request's cache key, already
-        looked up and missed (``_check``'s hit path)."""
+    ) -> tuple[Decision, response.Prepared | None, Cached | None]:
+        """Quarantine, then the cache, then ``decide``: the decision, when it came from or went
+        to the cache its prepared response, and on a hit the cache entry. ``key``: the request's
+        cache key, already looked up and missed (``_check``'s hit path)."""
         q = self.quarantine
         if q is not None:
             quarantined, event = q.check(caller_of(req, self.identity.trusted))
@@ -209,28 +226,28 @@ class CheckCore:
                 decision = Decision(
                     False, 403, reasons.QUARANTINED, new_decision_id(), input=recorded
                 )
-                return decision, None
+                return decision, None, None
         cache = self.cache
         if cache is None or engine is None or req.problem is not None:
             resolver = self.identity.resolver(engine.policies) if engine is not None else None
             plan = self._input_plan(engine)
-            return self._with_headers(decide(engine, req, resolver, plan)), None
+            return self._with_headers(decide(engine, req, resolver, plan)), None, None
         # The key (it holds the bundle generation) before the resolver (it holds the bundles):
         # a swap in between then files this decision under the old generation, never the new.
         if key is None:
             key = cache.key(engine, req)
-            cached: tuple[Decision, response.Prepared] | None = cache.get(key)
-            if cached is not None:
-                return cache_hit(cached[0], new_decision_id()), cached[1]
+            entry: Cached | None = cache.get(key)
+            if entry is not None:
+                return cache_hit(entry.decision, new_decision_id()), entry.prepared, entry
         resolver = self.identity.resolver(engine.policies)
         decision = self._with_headers(decide(engine, req, resolver, self._input_plan(engine)))
         if decision.reason not in reasons.CACHEABLE or decision.error is not None:
-            return decision, None
+            return decision, None, None
         prepared = prepare(decision, self._managed)
         ident = decision.identity
         token_exp = ident.token.expires_at if ident.token is not None else None
-        cache.put(key, (decision, prepared), token_exp, ident.peer_not_after)
-        return decision, prepared
+        cache.put(key, cached(decision, prepared, cache.share), token_exp, ident.peer_not_after)
+        return decision, prepared, None
 
     def _with_headers(self, decision: Decision) -> Decision:
         """Add the configured identity headers to an allow (before the token outputs)."""
@@ -255,26 +272,27 @@ class CheckCore:
             return response.STATIC_DENY
 
     def _hit(
-        self, cached: tuple[Decision, response.Prepared] | None, msg: ext.CheckRequest, start: int
-    ) -> tuple[bytes, dict[str, Any], Decision, RequestView | None] | None:
+        self, entry: Cached | None, msg: ext.CheckRequest, key: Key, start: int
+    ) -> tuple[bytes, Record, Decision, RequestView | None] | None:
         """The answer to a cache hit found by ``message_key`` (None: decide as usual)."""
-        if cached is None:
+        if entry is None or entry.template is None:  # (a cached decision always has its input)
             return None
-        decision = cache_hit(cached[0], new_decision_id())
+        decision = cache_hit(entry.decision, new_decision_id())
         http = msg.attributes.request.http
         request_id = http.headers.get("x-request-id", "") or http.id
-        body = render(decision, self._managed, cached[1])
-        record = hit_record(decision, request_id, (time.perf_counter_ns() - start) // 1000)
-        if record is None:  # a cached decision always has its input: never, but fail safe
-            return None
+        body = render(decision, self._managed, entry.prepared)
+        latency_us = (time.perf_counter_ns() - start) // 1000
+        path: str = key[KEY_PATH]  # type: ignore[assignment]
+        record = HitRecord(entry.template, decision.decision_id, path, request_id, latency_us)
         return body, record, decision, None
 
     def _check(
         self, parse: Callable[[], ext.CheckRequest]
-    ) -> tuple[bytes, dict[str, Any], Decision, RequestView | None]:
+    ) -> tuple[bytes, Record, Decision, RequestView | None]:
         start = time.perf_counter_ns()
         req: RequestView | None = None
         prepared: response.Prepared | None = None  # the cached response, but its decision id
+        entry: Cached | None = None  # the cache entry of a hit
         engine = self._current_engine()  # read once: the whole check sees one policy set
         key: Key | None = None
         try:
@@ -291,7 +309,7 @@ class CheckCore:
                 ):
                     key = cache.message_key(engine, msg)
                     if key is not None:
-                        hit = self._hit(cache.get(key), msg, start)
+                        hit = self._hit(cache.get(key), msg, key, start)
                         if hit is not None:
                             return hit
                 req = from_check_request(msg)
@@ -300,10 +318,11 @@ class CheckCore:
                     False, 403, reasons.MALFORMED, new_decision_id(), error=f"undecodable: {exc}"
                 )
             else:
-                decision, prepared = self._decide(engine, req, key)
+                decision, prepared, entry = self._decide(engine, req, key)
             body = render(decision, self._managed, prepared)
         except Exception:  # fail closed, whatever happened
             log.exception("internal error while checking a request")
+            entry = None
             decision = Decision(
                 False,
                 403,
@@ -313,8 +332,14 @@ class CheckCore:
             )
             body = self._render_safely(decision)
         latency_us = (time.perf_counter_ns() - start) // 1000
+        record: Record
         try:
-            record = audit_record(decision, req, latency_us)
+            if entry is not None and entry.template is not None and req is not None:
+                record = HitRecord(
+                    entry.template, decision.decision_id, req.path, req.request_id, latency_us
+                )
+            else:
+                record = audit_record(decision, req, latency_us)
         except Exception:
             log.exception("cannot build the audit record")
             record = {"time": rfc3339_now(), "decision_id": decision.decision_id,

@@ -1,7 +1,9 @@
 """The decision cache: a decision is reused only for a request that is the same in every input
 the decision could depend on.
 
-The key is a tuple (compared element by element, never a joined string) of:
+The key is a tuple (compared element by element, never a joined string): ``(inputs, path,
+query)``, where ``inputs`` is a tuple of everything but the path and the query (entries that
+differ only in those share one ``inputs`` object, ``DecisionCache.share``):
 
 * the policy set's generation and the trust generation (``bundle_generation``, below);
 * the scope labels (``context_extensions``, all of them);
@@ -39,11 +41,10 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
-from typing import Any
-
-from cachetools import LRUCache
+from typing import Any, TypeVar
 
 from extauthz.envoy.request import (
     AUTHORITY,
@@ -61,6 +62,8 @@ IDENTITY_HEADERS = frozenset({"authorization", "x-forwarded-client-cert"})
 
 
 Key = tuple[Hashable, ...]
+KEY_PATH = 1  # where a key holds the canonical path (make_key, message_key)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +104,7 @@ def _v(value: str | None) -> Hashable:
 def make_key(plan: KeyPlan, bundle_generation: int, req: RequestView) -> Key:
     """The structured key of ``req`` under ``plan``."""
     h = req.headers
-    return (
+    inputs = (
         plan.generation,
         bundle_generation,
         tuple(sorted(req.context_extensions.items())),
@@ -114,10 +117,9 @@ def make_key(plan: KeyPlan, bundle_generation: int, req: RequestView) -> Key:
         req.sni,
         req.method,
         req.host,
-        req.path,
-        _v(req.query) if plan.query else None,
         tuple(_v(h.get(name)) for name in plan.headers),
     )
+    return (inputs, req.path, _v(req.query) if plan.query else None)  # path: KEY_PATH
 
 
 def message_key(plan: KeyPlan, bundle_generation: int, msg: Any) -> Key | None:
@@ -150,7 +152,7 @@ def message_key(plan: KeyPlan, bundle_generation: int, msg: Any) -> Key | None:
     src, dst = attrs.source, attrs.destination
     dst_sock = dst.address.socket_address
     ext = attrs.context_extensions
-    return (
+    inputs = (
         plan.generation,
         bundle_generation,
         tuple(sorted(ext.items())) if ext else (),
@@ -163,10 +165,9 @@ def message_key(plan: KeyPlan, bundle_generation: int, msg: Any) -> Key | None:
         attrs.tls_session.sni,
         method,  # as sent, as the view keeps it (get and GET decide differently)
         split_host(host),
-        path,
-        _v(query if sep else "") if plan.query else None,
         tuple(_v(h.get(name)) for name in plan.headers),
     )
+    return (inputs, path, _v(query if sep else "") if plan.query else None)  # path: KEY_PATH
 
 
 @dataclass(frozen=True, slots=True)
@@ -179,8 +180,15 @@ class DecisionCache:
     """A bounded map from request keys to decisions, each with its own expiry. Thread-safe.
 
     When full, the least recently used entry goes. An expired entry is dropped when next looked
-    up (or evicted when unused); it is never returned. (cachetools' LRUCache plus an expiry per
-    entry: a third of the cost of its TLRUCache per lookup, bench/cache_cost.py.)
+    up (or evicted when unused); it is never returned. (An OrderedDict in LRU order plus an
+    expiry per entry: one table per entry where cachetools' LRUCache kept three, and cheaper per
+    lookup than its TLRUCache, bench/cache_cost.py.)
+
+    Memory (issue 14): entries share what is equal between them. ``put`` replaces the key's
+    ``inputs`` by an equal tuple already kept, and ``share`` does the same for the parts of a
+    value (the prepared response, the record template, the decision): an entry then costs its
+    own path and little more. The table of shared objects is emptied when it reaches
+    ``share_limit`` objects (entries keep theirs; sharing starts again from the next ones).
     """
 
     def __init__(
@@ -194,8 +202,11 @@ class DecisionCache:
         self.ttl = ttl
         self.clock = clock
         self.bundle_generation = bundle_generation
-        self._entries: LRUCache[Key, Entry] = LRUCache(maxsize)
+        self._maxsize = maxsize
+        self._entries: OrderedDict[Key, Entry] = OrderedDict()
         self._lock = threading.Lock()
+        self.share_limit = max(1024, maxsize)
+        self._shared: dict[Any, Any] = {}
         self._plan: tuple[Engine, KeyPlan] | None = None
         self.hits = 0
         self.misses = 0
@@ -217,6 +228,7 @@ class DecisionCache:
                 if p is not None and p[0] is not engine and p[1].generation == plan.generation:
                     # A different set under the same generation number: keys would collide.
                     self._entries.clear()
+                    self._shared.clear()
                 self._plan = (engine, plan)
         else:
             plan = p[1]
@@ -225,12 +237,14 @@ class DecisionCache:
     def get(self, key: Key) -> Any | None:
         now = self.clock()
         with self._lock:
-            entry = self._entries.get(key)
+            entries = self._entries
+            entry = entries.get(key)
             if entry is not None:
                 if now < entry.expires_at:
                     self.hits += 1
+                    entries.move_to_end(key)
                     return entry.value
-                del self._entries[key]
+                del entries[key]
             self.misses += 1
             return None
 
@@ -241,18 +255,38 @@ class DecisionCache:
         for t in not_after:
             if t:  # None or 0: no bound
                 expires = min(expires, t)
-        if expires <= now:
+        if expires <= now or self._maxsize <= 0:
             return  # already expired (a token past exp): nothing to keep
+        if key:  # a key's inputs (make_key): shared with the entries that have equal ones
+            key = (self.share(key[0]), *key[1:])
         with self._lock:
-            self._entries[key] = Entry(value, expires)
+            entries = self._entries
+            entries[key] = Entry(value, expires)
+            entries.move_to_end(key)
+            while len(entries) > self._maxsize:
+                entries.popitem(last=False)
+
+    def share(self, value: T, key: Hashable = None) -> T:
+        """An object equal to ``value`` (or filed under ``key``, which must determine it), the
+        same one for every equal value shared so far (``value`` itself when it is not
+        hashable): what entries keep, kept once."""
+        shared = self._shared
+        try:
+            found: T = shared.setdefault(value if key is None else key, value)
+        except TypeError:
+            return value
+        if len(shared) > self.share_limit:
+            shared.clear()
+        return found
 
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+            self._shared.clear()
 
     def __len__(self) -> int:
         return len(self._entries)
 
     @property
     def maxsize(self) -> float:
-        return self._entries.maxsize
+        return self._maxsize

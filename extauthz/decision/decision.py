@@ -42,12 +42,12 @@ class Decision:
     input: dict[str, Any] | None = None  # what the policies read (decision/inputs.py); shared
 
 
-_DECISION_FIELDS = tuple(f.name for f in dataclasses.fields(Decision))
+DECISION_FIELDS = tuple(f.name for f in dataclasses.fields(Decision))
 
 
 def cache_hit(cached: Decision, decision_id: str) -> Decision:
     """A copy of a cached decision for this request (half the cost of dataclasses.replace)."""
-    decision = Decision(*[getattr(cached, name) for name in _DECISION_FIELDS])
+    decision = Decision(*[getattr(cached, name) for name in DECISION_FIELDS])
     decision.decision_id = decision_id
     decision.cache = "hit"
     return decision

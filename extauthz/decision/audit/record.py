@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -56,6 +57,45 @@ _CHAIN_KEYS = ("seq", "prev_hash", "hash")
 
 # Built once: json.dumps() with arguments builds a new encoder on every call.
 _ENCODER = json.JSONEncoder(ensure_ascii=True, separators=(",", ":"))
+encode_json = _ENCODER.encode  # compact ASCII JSON of a value already capped
+
+# A run of more than MAX_FIELD_CHARS characters without a quote: where a too-long string would be.
+_LONG_RUN = re.compile(f'[^"]{{{MAX_FIELD_CHARS + 1}}}')
+
+
+def fits(body: str) -> bool:
+    """Whether ``body`` (compact JSON, ASCII) is what ``_cap`` would leave unchanged: no string
+    over ``MAX_FIELD_CHARS`` characters and no list over ``MAX_LIST_ITEMS`` items; False when
+    that cannot be shown cheaply (then the caller caps).
+
+    Without an escaped quote every ``"`` delimits a string, so a string's encoding (never shorter
+    than the string) is a run without quotes, and a body that short holds no long string; a list
+    of more than ``MAX_LIST_ITEMS`` items holds at least ``MAX_LIST_ITEMS`` commas after the
+    first ``[``."""
+    if len(body) > MAX_FIELD_CHARS and ('\\"' in body or _LONG_RUN.search(body) is not None):
+        return False
+    bracket = body.find("[")
+    return (
+        bracket == -1
+        or body.count("[") == body.count("[]")  # every list empty
+        or body.count(",", bracket) < MAX_LIST_ITEMS
+    )
+
+
+def json_string(text: str) -> str:
+    """``text`` as a JSON string, capped like a record's values."""
+    if len(text) > MAX_FIELD_CHARS:
+        text = text[:MAX_FIELD_CHARS] + "…"
+    return _ENCODER.encode(str(text))
+
+
+def encode_value(value: Any) -> str:
+    """``value`` as compact ASCII JSON, capped like a record's values."""
+    try:
+        body = _ENCODER.encode(value)
+    except (TypeError, ValueError):
+        return _ENCODER.encode(_cap(value))
+    return body if fits(body) else _ENCODER.encode(_cap(value))
 
 
 def encode_body(record: dict[str, Any]) -> str:
@@ -65,8 +105,8 @@ def encode_body(record: dict[str, Any]) -> str:
             body = _ENCODER.encode(record)
         except (TypeError, ValueError):
             body = ""
-        # A line this short cannot hold an over-long value: skip the capping walk (the common case).
-        if body.startswith("{") and len(body) <= MAX_FIELD_CHARS:
+        # Nothing to cap (the common case, ~2 us to show on a long record): skip the capping walk.
+        if body.startswith("{") and fits(body):
             return body
     rec = _cap(record)
     for k in _CHAIN_KEYS:
