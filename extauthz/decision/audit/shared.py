@@ -143,8 +143,10 @@ class Offered:
         self.words[FAILING] = 1 if failing else 0
 
     def close(self) -> None:
-        """Close the descriptor: the lock goes once no worker holds it too. The mapping stays
-        (a record emitted after close still counts; it goes with the process)."""
+        """Unlock and close the descriptor (after the workers exited: they share the lock). The
+        mapping stays (a record emitted after close still counts; it goes with the process)."""
+        with contextlib.suppress(OSError):
+            fcntl.flock(self.fd, fcntl.LOCK_UN)  # the mapping holds a duplicate of the descriptor
         with contextlib.suppress(OSError):
             os.close(self.fd)
 
@@ -172,7 +174,7 @@ def reconcile(
     returned events are written, and the events, each with the offered records it accounts for.
     """
     offered = page.totals()
-    if accounted is None:  # no head to compare with (a new log; head.py reports a bad one)
+    if accounted is None:  # the head cannot say (head.py reports why): start counting again
         return offered, []
     if not page.existed:  # deleted or replaced while the head says records were counted
         page.rebase(*accounted)
