@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from extauthz.decision.audit import AuditLog, Hasher, verify
+from extauthz.decision.audit import AuditLog, FileSink, Hasher, verify
 from extauthz.decision.audit.files import rotated_files
 from extauthz.decision.audit.head import Head, head_path, read_head
 from extauthz.decision.audit.shared import (
@@ -167,4 +167,21 @@ def test_the_accounted_counts_are_sealed_with_the_head(tmp_path: Path) -> None:
     old = Head(doc["seq"], doc["hash"]).render(Hasher())  # a head from before the counts
     head_path(p).write_bytes(old)
     assert read_head(head_path(p), Hasher()) == Head(doc["seq"], doc["hash"])
+    assert_verifies(p)
+
+
+def test_a_log_written_without_counters_then_with_them_reports_no_loss(tmp_path: Path) -> None:
+    """A head without ``acc`` (an older version, or an AuditLog made without counters): the
+    next start cannot compare and starts counting from there, reporting nothing."""
+    p = tmp_path / "audit.log"
+    log = AuditLog(FileSink(p))
+    for i in range(3):
+        log.emit({"decision_id": f"d{i}", "allowed": True})
+    log.close()
+    head = read_head(head_path(p), Hasher())
+    assert isinstance(head, Head) and head.acc is None
+    run(p, allowed=2)
+    killed_with(p, allowed=1, denied=0)
+    run(p)
+    assert [(r["allowed"], r["denied"]) for r in losses(p)] == [(1, 0)]
     assert_verifies(p)

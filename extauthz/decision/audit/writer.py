@@ -279,7 +279,7 @@ class AuditLog:
                         break
                 self._idle = False
             if anchor:
-                self.sink.anchor(self.state, self.accounted, force=True)
+                self.sink.anchor(self.state, self._acc(), force=True)
                 continue
             if len(q) < _BATCH and not self._closing and self.overflow != OVERFLOW_DENY:
                 # (with overflow "deny" no lingering: fewer answered records in flight at a failure)
@@ -312,13 +312,17 @@ class AuditLog:
             return
         self.written += len(items)
         self._account(items)
-        self.sink.anchor(self.state, self.accounted)
+        self.sink.anchor(self.state, self._acc())
         if self.failing and time.monotonic() >= self._hold_until:
             with self._cond:
                 self.failing = False
             log.warning("audit writing works again")
             if self.on_failing is not None:
                 self.on_failing(False)
+
+    def _acc(self) -> Counts | None:
+        """The head's count: only a log with counters beside it keeps one (shared.py)."""
+        return self.accounted if self.offered is not None else None
 
     def _account(self, items: list[tuple[bool, str]]) -> None:
         a, d = _weigh(items)
@@ -341,7 +345,7 @@ class AuditLog:
             self.state = ChainState(saved.seq + done, parts[1] if parts else saved.last_hash)
             self.written += done
             self._account(items[:done])
-            self.sink.anchor(self.state, self.accounted)
+            self.sink.anchor(self.state, self._acc())
         else:
             self.state = saved
         self.write_errors += 1
