@@ -19,7 +19,7 @@ from grpc_health.v1 import health
 
 from extauthz import reasons
 from extauthz.decision.audit import AuditLog
-from extauthz.decision.audit.shared import SharedCounters
+from extauthz.decision.audit.shared import Offered
 from extauthz.decision.cache import DecisionCache
 from extauthz.decision.quarantine import Quarantine
 from extauthz.decision.tracing import Tracer, config_from_env
@@ -53,7 +53,9 @@ def open_policy_store(settings: Settings) -> PolicyStore:
     return store
 
 
-def open_audit_log(settings: Settings) -> AuditLog:
+def open_audit_log(settings: Settings, count_offers: bool = True) -> AuditLog:
+    """The audit log. ``count_offers`` False: a supervisor (its workers count what they offer).
+    A ``--workers`` worker counts its offers in its supervisor's page (decision/audit/shared.py)."""
     audit = AuditLog.open(
         settings.audit_log,
         capacity=settings.audit_queue,
@@ -61,8 +63,11 @@ def open_audit_log(settings: Settings) -> AuditLog:
         backups=settings.audit_backups,
         overflow=settings.audit_overflow,
         hmac_key_file=settings.audit_hmac_key_file,
+        count_offers=count_offers,
     )
-    audit.shared = SharedCounters.from_env()  # a --workers worker: counts shared with the supervisor
+    shared = Offered.from_env()
+    if shared is not None:
+        audit.count_offers(*shared, remote=True)
     return audit
 
 

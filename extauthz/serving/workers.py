@@ -16,7 +16,10 @@ Envoy's load balancer spreads the checks.
   supervisor reads complete lines and writes them to ``--audit-log`` (a file, or ``-`` for its
   own standard output) through one AuditLog, which seals them into one hash chain (rotation and
   HMAC included), so the log stays one verifiable JSON Lines stream and no line is ever split. Every record
-  carries ``worker`` (the index): the per-worker counters.
+  carries ``worker`` (the index): the per-worker counters. Worker ``i`` counts the records it
+  offers in slot ``i`` of the log's ``PATH.offered`` page (decision/audit/shared.py): a dead
+  worker is settled at once, and a restart after a SIGKILL of the supervisor finds what its
+  memory and the pipes held.
 - Metrics: ``--metrics HOST:PORT`` gives worker ``i`` its own ``/metrics`` on ``PORT+i``.
 """
 
@@ -38,7 +41,8 @@ from typing import IO
 from extauthz.decision.audit import AuditLog
 from extauthz.decision.audit.chain import unsealed_body
 from extauthz.decision.audit.files import LOST_EVENT
-from extauthz.decision.audit.shared import ENV_AUDIT_FD, SharedCounters, Tally
+from extauthz.decision.audit.shared import ENV_AUDIT_FD, Offered, Tally
+from extauthz.decision.audit.writer import accounting_line
 from extauthz.serving import lifecycle
 from extauthz.serving.service import open_audit_log, open_policy_store
 from extauthz.settings import Settings, worker_listen
@@ -73,7 +77,7 @@ class _Worker:
         self.proc: subprocess.Popen[bytes] | None = None
         self.pump: threading.Thread | None = None
         self.started_at = 0.0
-        self.shared: SharedCounters | None = None  # what this worker process offered
+        self.offered_at_start: tuple[int, int] | None = None  # its slot when it started
         self.tally = Tally()  # what arrived from it
 
 
@@ -85,13 +89,13 @@ class Supervisor:
         self.restarts: deque[float] = deque()
         self.stopping = threading.Event()
         self.hup = threading.Event()
-        audit.on_failing = self._tell_workers
+        # where the workers count their offers: beside the log, or in memory (--audit-log -)
+        self.offered = audit.offered or Offered.in_memory()
+        audit.on_failing = self.offered.set_failing
 
-    def _tell_workers(self, failing: bool) -> None:
-        """Our writes fail (or work again): workers with ``audit_overflow: deny`` deny meanwhile."""
-        for w in self.workers:
-            if w.shared is not None:
-                w.shared.set_failing(failing)
+    def close(self) -> None:
+        if self.offered is not self.audit.offered:
+            self.offered.close()
 
     # ------------------------------------------------------------------ processes
 
@@ -99,15 +103,15 @@ class Supervisor:
         env = dict(os.environ)
         env[ENV_SETTINGS] = json.dumps(asdict(worker_settings(self.settings, w.index)))
         env[ENV_INDEX] = str(w.index)
-        w.shared, w.tally = SharedCounters.create(), Tally()
-        w.shared.set_failing(self.audit.failing)
-        env[ENV_AUDIT_FD] = str(w.shared.fd)
+        w.offered_at_start, w.tally = self.offered.slot_counts(w.index), Tally()
+        self.offered.set_failing(self.audit.failing)
+        env[ENV_AUDIT_FD] = self.offered.env_value(w.index)
         w.proc = subprocess.Popen(
             [sys.executable, "-m", "extauthz.serving.main"],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             env=env,
-            pass_fds=(w.shared.fd,),
+            pass_fds=(self.offered.fd,),  # and with it the lock on PATH.offered (shared.py)
         )
         w.started_at = time.monotonic()
         w.pump = threading.Thread(
@@ -148,13 +152,13 @@ class Supervisor:
 
     def _settle(self, w: _Worker) -> None:
         """After worker ``w`` exited and its pipe was read to the end: record what died with it."""
-        if w.shared is None:
+        if w.offered_at_start is None:
             return
-        allowed, denied = w.tally.missing(w.shared)
+        now, then = self.offered.slot_counts(w.index), w.offered_at_start
+        allowed, denied = w.tally.missing((now[0] - then[0], now[1] - then[1]))
         pid = w.proc.pid if w.proc is not None else 0
         self.audit.count_lost(allowed, denied, f"worker {w.index} (pid {pid}) exited with them unwritten")
-        w.shared.close()
-        w.shared = None
+        w.offered_at_start = None
 
     def _signal_all(self, signum: int) -> None:
         for w in self.workers:
@@ -250,9 +254,10 @@ def reseal_lines(audit: AuditLog, data: bytes, tally: Tally | None = None) -> No
         lost = json.loads(body) if LOST_MARK in body else None  # rare: parse only these
         if isinstance(lost, dict) and lost.get("event") == LOST_EVENT and "decision_id" not in lost:
             # the worker's own loss report (top level, not text in a record): not an offered record
-            tally.reported_allowed += _count(lost.get("allowed"))
-            tally.reported_denied += _count(lost.get("denied"))
-            audit.emit_body(body, False, wait=PUMP_WAIT)
+            a, d = _count(lost.get("allowed")), _count(lost.get("denied"))
+            tally.reported_allowed += a
+            tally.reported_denied += d
+            audit.emit_body(accounting_line(body, a, d), False, wait=PUMP_WAIT)
             continue
         i = body.find('"allowed":')
         allowed = i != -1 and body.startswith("true", i + 10)
@@ -266,11 +271,15 @@ def reseal_lines(audit: AuditLog, data: bytes, tally: Tally | None = None) -> No
 def supervise(settings: Settings) -> int:
     """Run ``settings.workers`` workers until SIGTERM. Raises PolicyError like one process."""
     open_policy_store(settings)  # fails startup with file and line, as with one process
-    audit = open_audit_log(settings)
+    audit = open_audit_log(settings, count_offers=False)
+    supervisor: Supervisor | None = None
     try:
-        return Supervisor(settings, audit).run()
+        supervisor = Supervisor(settings, audit)
+        return supervisor.run()
     finally:
         audit.close()
+        if supervisor is not None:
+            supervisor.close()
 
 
 def exit_with_parent() -> None:

@@ -31,6 +31,7 @@ from typing import Any
 
 from extauthz import reasons
 from extauthz.decision.audit.head import SUFFIX as HEAD_SUFFIX
+from extauthz.decision.audit.shared import SUFFIX as OFFERED_SUFFIX
 from extauthz.decision.decision import decide_input
 from extauthz.decision.inputs import authn_digest, input_of, missing_inputs
 from extauthz.identity.bundles import BundleError, BundleStore
@@ -185,8 +186,8 @@ def read_records(paths: Sequence[str | Path], report: Report) -> Iterator[dict[s
     and decision ids seen before (a file given twice) are counted in ``report``."""
     seen: set[str] = set()
     for path in paths:
-        if str(path).endswith(HEAD_SUFFIX):
-            continue  # the chain's anchor beside a log (a shell glob picks it up): not records
+        if str(path).endswith((HEAD_SUFFIX, OFFERED_SUFFIX)):
+            continue  # the chain's anchor or counters beside a log (a shell glob picks them up)
         try:
             f = open(path, "rb")  # noqa: SIM115 - closed below
         except OSError as exc:

@@ -13,11 +13,12 @@ Every line is a JSON object whose last three members are added here:
 Changing a byte breaks the record's own hash; removing, inserting or swapping records breaks the
 next record's ``prev_hash`` and ``seq``. Without a key the chain shows accidents and clumsy edits;
 with a key (``audit_hmac_key_file``) nobody without the key can write a record that verifies.
-What no chain shows by itself: records cut off the end of the newest file (compare ``seq`` with
-``extauthz_audit_records_written_total``).
+What no chain shows by itself: records cut off the end of the newest file (the head shows it).
 
 Modules: ``record`` (encoding, caps, timestamps), ``chain`` (Hasher, seal, ChainState), ``sinks``
-(stream and rotated file), ``writer`` (AuditLog: queue and writer thread), ``verify``.
+(stream and rotated file), ``head`` (the anchored head, ``PATH.head``), ``shared`` (the offered
+counters, ``PATH.offered``: a killed process's records are counted at the next start),
+``writer`` (AuditLog: queue and writer thread), ``files`` (reading a log), ``verify``.
 """
 
 from extauthz.decision.audit.chain import GENESIS, HASH_MEMBER, ChainState, Hasher, seal, split_sealed

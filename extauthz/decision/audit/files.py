@@ -8,11 +8,24 @@ of skipping it.
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 LOST_EVENT = "audit_records_lost"
+# The service's own notes at startup (head.py, shared.py): they stand for no offered record.
+UNOFFERED_EVENTS = frozenset(
+    {
+        "audit_head_missing",
+        "audit_head_invalid",
+        "audit_head_behind",
+        "audit_records_missing",
+        "audit_offered_missing",
+        "audit_offered_behind",
+    }
+)
 _DECISION_KEY = b'"decision_id":'
 _LOST_KEY = b'"event":"' + LOST_EVENT.encode() + b'"'
 
@@ -100,3 +113,68 @@ def read_records(path: str | Path) -> tuple[list[dict[str, Any]], list[str]]:
             else:
                 torn.append(f"{p}:{n}: not a JSON object")
     return records, torn
+
+
+def _count(value: object) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+
+
+def offered_weight(rec: dict[str, Any]) -> tuple[int, int]:
+    """(allowed, denied) offered records a line of the log accounts for: a record (decision or
+    event) one, an ``audit_records_lost`` event its counts, the startup notes none."""
+    event = rec.get("event")
+    if event is not None and "decision_id" not in rec:
+        if event == LOST_EVENT:
+            return _count(rec.get("allowed")), _count(rec.get("denied"))
+        if event in UNOFFERED_EVENTS:
+            return 0, 0
+    return (1, 0) if rec.get("allowed") is True else (0, 1)
+
+
+def _backwards(path: Path, chunk: int = 1 << 20) -> Iterator[dict[str, Any] | None]:
+    """The lines of ``path``, newest first, parsed (None for a line that is not a JSON object)."""
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed below
+    except FileNotFoundError:
+        return
+    with f:
+        end = f.seek(0, os.SEEK_END)
+        rest = b""
+        while end > 0:
+            start = max(0, end - chunk)
+            f.seek(start)
+            data = f.read(end - start) + rest
+            end = start
+            lines = data.split(b"\n")
+            rest = lines.pop(0) if start > 0 else b""
+            for raw in reversed(lines):
+                if raw.strip():
+                    yield _parse(raw)
+        if rest.strip():
+            yield _parse(rest)
+
+
+def _parse(raw: bytes) -> dict[str, Any] | None:
+    try:
+        rec = json.loads(raw)
+    except ValueError:
+        return None
+    return rec if isinstance(rec, dict) else None
+
+
+def weight_after(files: list[Path], seq: int) -> tuple[int, int] | None:
+    """The offered records the lines after ``seq`` account for (``offered_weight``), reading the
+    log's files (oldest first) from the end. None when they do not reach back to ``seq``."""
+    allowed = denied = 0
+    first: int | None = None
+    for path in reversed(files):
+        for rec in _backwards(path):
+            if rec is None:
+                continue  # a torn line accounts for nothing (verify names it)
+            n = rec.get("seq")
+            if isinstance(n, int) and n <= seq:
+                return allowed, denied
+            a, d = offered_weight(rec)
+            allowed, denied = allowed + a, denied + d
+            first = n if isinstance(n, int) else first
+    return (allowed, denied) if first == seq + 1 else None

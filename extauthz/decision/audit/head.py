@@ -12,6 +12,10 @@ the log's last record:
 - the head is missing, unreadable, badly sealed or behind the log (deleted, edited, rolled
   back, or a crash between a write and its anchor): an ``audit_head_*`` event, and the chain
   continues from the log.
+
+The head also carries ``acc``: how many offered records (allowed, denied) the log accounts for
+up to that record (shared.py), sealed with it; a restart adds what the records after a head
+that is behind account for.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from extauthz.decision.audit.chain import ChainState, Hasher
+from extauthz.decision.audit.files import weight_after
 
 SUFFIX = ".head"
 
@@ -38,17 +43,25 @@ def head_path(log_path: str | Path) -> Path:
     return p.with_name(p.name + SUFFIX)
 
 
-def _mac(hasher: Hasher, seq: int, digest: str) -> str:
-    return hasher(f"extauthz-audit-head:{seq}:{digest}".encode("ascii"))
+Counts = tuple[int, int]  # offered records accounted for: allowed, denied
+
+
+def _mac(hasher: Hasher, seq: int, digest: str, acc: Counts | None = None) -> str:
+    tail = f":{acc[0]}:{acc[1]}" if acc is not None else ""
+    return hasher(f"extauthz-audit-head:{seq}:{digest}{tail}".encode("ascii"))
 
 
 @dataclass(frozen=True, slots=True)
 class Head:
     seq: int
     hash: str
+    acc: Counts | None = None  # None: a head written before the counts were kept
 
     def render(self, hasher: Hasher) -> bytes:
-        doc = {"seq": self.seq, "hash": self.hash, "mac": _mac(hasher, self.seq, self.hash)}
+        doc: dict[str, Any] = {"seq": self.seq, "hash": self.hash}
+        if self.acc is not None:
+            doc["acc"] = list(self.acc)
+        doc["mac"] = _mac(hasher, self.seq, self.hash, self.acc)
         return (json.dumps(doc, separators=(",", ":")) + "\n").encode("ascii")
 
 
@@ -63,10 +76,10 @@ class HeadFile:
         self.path = path
         self._fd: int | None = None
 
-    def write(self, state: ChainState, hasher: Hasher) -> None:
+    def write(self, state: ChainState, hasher: Hasher, acc: Counts | None = None) -> None:
         if self._fd is None:
             self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        data = Head(state.seq, state.last_hash).render(hasher)
+        data = Head(state.seq, state.last_hash, acc).render(hasher)
         os.pwrite(self._fd, data[:-1].ljust(HEAD_BYTES - 1) + b"\n", 0)
 
     def close(self) -> None:
@@ -91,26 +104,39 @@ def read_head(path: Path, hasher: Hasher) -> Head | str | None:
         return "not a head record"
     if not isinstance(seq, int) or not isinstance(digest, str) or not isinstance(mac, str):
         return "not a head record"
+    raw_acc = doc.get("acc")
+    acc: Counts | None = None
+    if raw_acc is not None:
+        if not (
+            isinstance(raw_acc, list)
+            and len(raw_acc) == 2
+            and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in raw_acc)
+        ):
+            return "not a head record"
+        acc = (raw_acc[0], raw_acc[1])
     if mac.startswith("hmac-") and hasher.key is None:
         return "the head is HMAC-keyed: give the key (--hmac-key-file)"
-    if not hmac.compare_digest(_mac(hasher, seq, digest), mac):
+    if not hmac.compare_digest(_mac(hasher, seq, digest, acc), mac):
         return "seal mismatch: the head was changed (or the key is wrong)"
-    return Head(seq, digest)
+    return Head(seq, digest, acc)
 
 
 def startup_events(
-    path: Path, log_state: ChainState, hasher: Hasher
-) -> tuple[ChainState, list[dict[str, Any]]]:
-    """The state a restarting log continues from, and the events to write first (see above)."""
+    path: Path, log_state: ChainState, hasher: Hasher, files: list[Path] | None = None
+) -> tuple[ChainState, list[dict[str, Any]], Counts | None]:
+    """The state a restarting log continues from, the events to write first (see above), and
+    the offered records the log accounts for at its end (None: the head cannot say).
+    ``files``: the log's files, oldest first (to count the records after a head behind)."""
     head = read_head(path, hasher)
     if head is None:
-        if log_state.seq == 0:
-            return log_state, []  # a new log
-        return log_state, [{"event": "audit_head_missing", "head": path.name, "seq": log_state.seq}]
+        if log_state.seq == 0:  # a new log: it accounts for nothing yet
+            return log_state, [], (0, 0)
+        event = {"event": "audit_head_missing", "head": path.name, "seq": log_state.seq}
+        return log_state, [event], None
     if isinstance(head, str):
-        return log_state, [{"event": "audit_head_invalid", "head": path.name, "why": head}]
+        return log_state, [{"event": "audit_head_invalid", "head": path.name, "why": head}], None
     if head.seq == log_state.seq and head.hash == log_state.last_hash:
-        return log_state, []
+        return log_state, [], head.acc
     if head.seq >= log_state.seq:  # the log ends before its head: the newest records are gone
         event = {
             "event": "audit_records_missing",
@@ -118,7 +144,10 @@ def startup_events(
             "head_seq": head.seq,
             "missing": head.seq - log_state.seq,
         }
-        return ChainState(head.seq, head.hash), [event]
-    return log_state, [{"event": "audit_head_behind", "head_seq": head.seq, "seq": log_state.seq}]
-
-
+        return ChainState(head.seq, head.hash), [event], head.acc
+    acc = head.acc
+    if acc is not None:  # a crash between a write and its anchor: count the records after it
+        after = weight_after(files or [], head.seq)
+        acc = (acc[0] + after[0], acc[1] + after[1]) if after is not None else None
+    event = {"event": "audit_head_behind", "head_seq": head.seq, "seq": log_state.seq}
+    return log_state, [event], acc

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from extauthz.decision.audit.chain import ChainState, Hasher, last_line, state_after
-from extauthz.decision.audit.head import HeadFile, head_path, startup_events
+from extauthz.decision.audit.files import rotated_files
+from extauthz.decision.audit.head import Counts, HeadFile, head_path, startup_events
 
 log = logging.getLogger("extauthz.decision.audit")
 ANCHOR_EVERY = 0.05  # seconds: the head lags the log by at most this (and is exact after close)
@@ -23,6 +24,7 @@ class StreamSink:
         self.stream = stream
         self.owns = owns
         self.startup: list[dict[str, Any]] = []  # no head to compare with: nothing to report
+        self.accounted: Counts | None = None  # nor what a previous run accounted for
 
     def initial_state(self, hasher: Hasher) -> ChainState:
         return ChainState()
@@ -30,7 +32,7 @@ class StreamSink:
     def anchor_due(self) -> bool:
         return False
 
-    def anchor(self, state: ChainState, force: bool = False) -> None:
+    def anchor(self, state: ChainState, acc: Counts | None = None, force: bool = False) -> None:
         """No file, no head: the collector keeps the newest seq and hash (docs/security.md)."""
 
     def write(self, lines: list[str]) -> None:
@@ -73,8 +75,9 @@ class FileSink:
             self.max_bytes = 0
         self._head = HeadFile(self.head)
         self._anchored = 0.0  # when the head was last written
-        self._unanchored: ChainState | None = None
+        self._unanchored: tuple[ChainState, Counts | None] | None = None
         self.startup: list[dict[str, Any]] = []  # events a restart writes first (head.py)
+        self.accounted: Counts | None = None  # offered records the log accounts for (head.py)
         self._hasher = Hasher()
         self._open()
 
@@ -91,24 +94,26 @@ class FileSink:
                 state = state_after(line, hasher)
                 break
         if self.anchored:
-            state, self.startup = startup_events(self.head, state, hasher)
+            files = rotated_files(self.path)
+            state, self.startup, self.accounted = startup_events(self.head, state, hasher, files)
         return state
 
     def anchor_due(self) -> bool:
         """Records were written since the head was last written."""
         return self._unanchored is not None and self.anchored
 
-    def anchor(self, state: ChainState, force: bool = False) -> None:
-        """Rewrite the head file with the last record on disk (at most every ANCHOR_EVERY s)."""
+    def anchor(self, state: ChainState, acc: Counts | None = None, force: bool = False) -> None:
+        """Rewrite the head file with the last record on disk and ``acc``, the offered records
+        the log accounts for up to it (at most every ANCHOR_EVERY s)."""
         if not self.anchored:
             return
         now = time.monotonic()
         if not force and now - self._anchored < ANCHOR_EVERY:
-            self._unanchored = ChainState(state.seq, state.last_hash)
+            self._unanchored = ChainState(state.seq, state.last_hash), acc
             return
         self._anchored, self._unanchored = now, None
         try:
-            self._head.write(state, self._hasher)
+            self._head.write(state, self._hasher, acc)
         except OSError as exc:  # the records are on disk; verify will say the head is behind
             log.warning("cannot anchor the audit chain head in %s: %s", self.head, exc)
 
@@ -178,7 +183,7 @@ class FileSink:
 
     def close(self) -> None:
         if self._unanchored is not None:
-            self.anchor(self._unanchored, force=True)
+            self.anchor(*self._unanchored, force=True)
         self._head.close()
         self.fail()
 

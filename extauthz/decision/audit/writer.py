@@ -13,7 +13,7 @@ from typing import Any
 from extauthz.decision.audit.chain import ChainState, Hasher, seal_body, split_sealed
 from extauthz.decision.audit.files import LOST_EVENT
 from extauthz.decision.audit.record import encode_body, rfc3339_now
-from extauthz.decision.audit.shared import SharedCounters
+from extauthz.decision.audit.shared import Offered, offered_path, reconcile
 from extauthz.decision.audit.sinks import FileSink, PartialWrite, Sink, StreamSink
 
 log = logging.getLogger("extauthz.decision.audit")
@@ -27,6 +27,37 @@ _IDLE_WAKE = 0.05  # an idle writer looks at the queue at least this often
 _HOLD_MIN, _HOLD_MAX = 1.0, 30.0  # seconds writes stay "failing" after an error
 PRESSURE_WAIT = 0.005  # seconds an emit waits for room before a record is refused
 _PRESSURE_STEP = 0.0005
+Counts = tuple[int, int]
+
+
+class _Line(str):
+    """A queued line that is not one offered record: ``acc`` is what it accounts for."""
+
+    acc: Counts = (0, 0)
+
+
+def accounting_line(body: str, allowed: int = 0, denied: int = 0) -> str:
+    """``body`` to queue as a line that stands for (allowed, denied) offered records (a loss
+    event: its counts; a note of the service's own: none) instead of one."""
+    line = _Line(body)
+    line.acc = (allowed, denied)
+    return line
+
+
+def _weigh(items: list[tuple[bool, str]]) -> Counts:
+    """The offered records ``items`` account for once written (see shared.py)."""
+    a = d = 0
+    for allowed, body in items:
+        if body.__class__ is str:
+            if allowed:
+                a += 1
+            else:
+                d += 1
+        else:
+            acc = body.acc  # type: ignore[attr-defined]
+            a += acc[0]
+            d += acc[1]
+    return a, d
 
 
 class AuditLog:
@@ -45,6 +76,10 @@ class AuditLog:
     events) may still use ``reserve`` more places; past that they are counted in ``lost_denied``.
     Every loss is logged and, once writing works again, written into the log itself as an
     ``audit_records_lost`` event.
+
+    ``offered``: the counters beside the log (shared.py). Opening compares them with what the
+    log accounts for and writes what a killed process took with it as lost; ``count_offers``
+    makes ``emit`` count each record there before queuing it.
     """
 
     def __init__(
@@ -55,6 +90,7 @@ class AuditLog:
         reserve: int | None = None,
         overflow: str = OVERFLOW_DROP_ALLOWED,
         hasher: Hasher | None = None,
+        offered: Offered | None = None,
     ) -> None:
         if overflow not in OVERFLOW_MODES:
             raise ValueError(f"audit overflow must be one of {OVERFLOW_MODES}")
@@ -78,13 +114,24 @@ class AuditLog:
         self._closing = False
         self._idle = False
         self._inflight = 0  # records taken off the queue whose write is not settled yet
-        # --workers: a worker counts what it offers for its supervisor (shared.py); the
-        # supervisor learns when its own writes fail or work again (on_failing).
-        self.shared: SharedCounters | None = None
+        # Offered records are counted in a shared page (shared.py): ``_counts`` is the page,
+        # ``_slot`` this process's allowed word (denied: the next); ``_remote``: a worker, which
+        # reads the supervisor's failing flag there. The supervisor learns when its own writes
+        # fail or work again through on_failing.
+        self.offered = offered
+        self._counts: memoryview | None = None
+        self._slot = 0
+        self._remote = False
         self.on_failing: Callable[[bool], None] | None = None
-        for event in sink.startup:  # what a restart found comparing the log with its head
+        events: list[tuple[dict[str, Any], Counts]] = [(e, (0, 0)) for e in sink.startup]
+        self.accounted: Counts = (0, 0)  # offered records the log accounts for (the head's acc)
+        if offered is not None:  # what a killed process took with it (shared.py)
+            self.accounted, found = reconcile(offered, sink.accounted)
+            events += found
+        for event, acc in events:  # what a restart found comparing the log with its head
             log.error("audit log %s at startup: %s", event["event"], event)
-            self._q.append((False, encode_body({"time": rfc3339_now(), **event})))
+            body = encode_body({"time": rfc3339_now(), **event})
+            self._q.append((False, accounting_line(body, *acc)))
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._thread.start()
 
@@ -98,14 +145,32 @@ class AuditLog:
         backups: int = 5,
         overflow: str = OVERFLOW_DROP_ALLOWED,
         hmac_key_file: str | None = None,
+        count_offers: bool = True,
     ) -> AuditLog:
+        """The log at ``path`` (``-``: standard output). A file log keeps its offered counters
+        beside it (``PATH.offered``, locked while open; raises OfferedLocked when another
+        process holds it); ``count_offers``: this process makes the records (not a supervisor)."""
         hasher = Hasher.from_key_file(hmac_key_file)
-        sink: Sink = (
-            StreamSink(sys.stdout)
-            if path == "-"
-            else FileSink(path, max_bytes=max_bytes, backups=backups)
-        )
-        return cls(sink, capacity=capacity, overflow=overflow, hasher=hasher)
+        if path == "-":
+            return cls(StreamSink(sys.stdout), capacity=capacity, overflow=overflow, hasher=hasher)
+        sink = FileSink(path, max_bytes=max_bytes, backups=backups)
+        page = Offered.open(offered_path(path)) if sink.anchored else None
+        try:
+            audit = cls(sink, capacity=capacity, overflow=overflow, hasher=hasher, offered=page)
+        except BaseException:
+            if page is not None:
+                page.close()
+            raise
+        if page is not None and count_offers:
+            audit.count_offers(page, 0)
+        return audit
+
+    def count_offers(self, page: Offered, slot: int, remote: bool = False) -> None:
+        """Count every record offered from now on in ``page``'s slot ``slot`` (before queuing
+        it). ``remote``: a worker, whose supervisor writes (its failing flag is in the page)."""
+        self._slot = page.slot_index(slot)
+        self._remote = remote
+        self._counts = page.words
 
     @property
     def lost(self) -> int:
@@ -128,10 +193,10 @@ class AuditLog:
 
         ``wait``: how long to wait for room when the queue is nearly full."""
         q = self._q
-        shared = self.shared
-        if shared is not None:
-            shared.offered(allowed)
-            if shared.failing():
+        counts = self._counts
+        if counts is not None:  # counted before queued: a kill from here on loses it counted
+            counts[self._slot + (not allowed)] += 1
+            if self._remote and counts[1]:  # shared.FAILING: the supervisor cannot write
                 return self._emit_slow(allowed, body, 0.0, failing=True)
         if len(q) < self.high_water and not self.failing and not self._closing:
             q.append((allowed, body))  # the common case: no lock (deque.append is atomic)
@@ -155,12 +220,12 @@ class AuditLog:
         with self._cond:
             n = len(q)
             if self._closing:  # nobody will write it any more
-                self._count_loss(allowed, 1)
+                self._lose([(allowed, body)])
                 return False
             if (failing or self.failing or n >= self.capacity) and (
                 allowed or n >= self.capacity + self.reserve
             ):
-                self._count_loss(allowed, 1)
+                self._lose([(allowed, body)])
                 return False
             q.append((allowed, body))
             self._cond.notify()
@@ -178,6 +243,14 @@ class AuditLog:
             if denied:
                 self._count_loss(False, denied)
             self._cond.notify()
+
+    def _lose(self, items: list[tuple[bool, str]]) -> None:
+        """Count ``items`` as lost: a record as one, a loss event as its counts (under _cond)."""
+        a, d = _weigh(items)
+        if a:
+            self._count_loss(True, a)
+        if d:
+            self._count_loss(False, d)
 
     def _count_loss(self, allowed: bool, n: int) -> None:
         if allowed:
@@ -206,7 +279,7 @@ class AuditLog:
                         break
                 self._idle = False
             if anchor:
-                self.sink.anchor(self.state, force=True)
+                self.sink.anchor(self.state, self._acc(), force=True)
                 continue
             if len(q) < _BATCH and not self._closing and self.overflow != OVERFLOW_DENY:
                 # (with overflow "deny" no lingering: fewer answered records in flight at a failure)
@@ -225,20 +298,21 @@ class AuditLog:
         with self._cond:
             a, d = self._unreported
             self._unreported = [0, 0]
-        bodies = [body for _, body in batch]
+        items = batch
         if a or d:  # say in the log itself that records are missing before these
             loss = {"time": rfc3339_now(), "event": LOST_EVENT, "allowed": a, "denied": d}
-            bodies.insert(0, encode_body(loss))
+            items = [(False, accounting_line(encode_body(loss), a, d)), *batch]
         saved = ChainState(self.state.seq, self.state.last_hash)
         state, hasher = self.state, self.hasher
-        lines = [seal_body(b, state, hasher) for b in bodies]
+        lines = [seal_body(b, state, hasher) for _, b in items]
         try:
             self.sink.write(lines)
         except (OSError, ValueError) as exc:
-            self._write_failed(exc, saved, lines, batch, len(bodies) - len(batch), (a, d))
+            self._write_failed(exc, saved, lines, items, len(items) - len(batch), (a, d))
             return
-        self.written += len(bodies)
-        self.sink.anchor(self.state)
+        self.written += len(items)
+        self._account(items)
+        self.sink.anchor(self.state, self._acc())
         if self.failing and time.monotonic() >= self._hold_until:
             with self._cond:
                 self.failing = False
@@ -246,26 +320,36 @@ class AuditLog:
             if self.on_failing is not None:
                 self.on_failing(False)
 
+    def _acc(self) -> Counts | None:
+        """The head's count: only a log with counters beside it keeps one (shared.py)."""
+        return self.accounted if self.offered is not None else None
+
+    def _account(self, items: list[tuple[bool, str]]) -> None:
+        a, d = _weigh(items)
+        self.accounted = (self.accounted[0] + a, self.accounted[1] + d)
+
     def _write_failed(
         self,
         exc: Exception,
         saved: ChainState,
         lines: list[str],
-        batch: list[tuple[bool, str]],
+        items: list[tuple[bool, str]],
         events: int,
         unreported: tuple[int, int],
     ) -> None:
-        """Account a failed write: the lines that made it are written, the rest lost (once)."""
+        """Account a failed write: the lines that made it are written, the rest lost (once).
+        ``items``: the ``events`` loss events first, then the batch."""
         done = exc.lines if isinstance(exc, PartialWrite) else 0
         if done:  # the chain continues after the last complete line on disk
             parts = split_sealed(lines[done - 1])
             self.state = ChainState(saved.seq + done, parts[1] if parts else saved.last_hash)
             self.written += done
-            self.sink.anchor(self.state)
+            self._account(items[:done])
+            self.sink.anchor(self.state, self._acc())
         else:
             self.state = saved
         self.write_errors += 1
-        lost = batch[max(0, done - events) :]
+        lost = items[max(done, events) :]
         with self._cond:
             was, self.failing = self.failing, True
             # Hold the failing state a while (doubling when writing fails again soon after it
@@ -277,11 +361,7 @@ class AuditLog:
             if events and not done:  # the loss event (first line) did not make it either
                 self._unreported[0] += unreported[0]
                 self._unreported[1] += unreported[1]
-            n_allowed = sum(1 for allowed, _ in lost if allowed)
-            if n_allowed:
-                self._count_loss(True, n_allowed)
-            if len(lost) - n_allowed:
-                self._count_loss(False, len(lost) - n_allowed)
+            self._lose(lost)
         log.error("audit write failed, %d records lost: %s", len(lost), exc)
         if isinstance(self.sink, FileSink):
             self.sink.fail()
@@ -304,10 +384,7 @@ class AuditLog:
             self._cond.notify()
         self._thread.join(timeout)
         with self._cond:  # appended after the writer's last look, or the writer is stuck: count
-            left = [self._q.popleft() for _ in range(len(self._q))]
-            n_allowed = sum(1 for allowed, _ in left if allowed)
-            if n_allowed:
-                self._count_loss(True, n_allowed)
-            if len(left) - n_allowed:
-                self._count_loss(False, len(left) - n_allowed)
+            self._lose([self._q.popleft() for _ in range(len(self._q))])
         self.sink.close()
+        if self.offered is not None:
+            self.offered.close()  # the lock goes (the mapping stays: a late emit still counts)
