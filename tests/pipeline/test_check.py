@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -220,12 +222,18 @@ def test_metrics_count_each_outcome_and_reason_apart() -> None:
 
 
 def test_a_forked_worker_never_reuses_its_parents_pending_decision_ids() -> None:
-    import os
-
-    decision_mod.new_decision_id()  # the pool now holds ids the parent will hand out
-    assert decision_mod._id_pool
-    pid = os.fork()
-    if pid == 0:  # the child: nothing inherited
-        os._exit(0 if not decision_mod._id_pool else 1)
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0
+    # In a fresh interpreter: in this process, earlier tests had drawn ids, and when exactly one
+    # was left in the pool, new_decision_id() emptied it and the test failed (order-dependent).
+    script = (
+        "import os\n"
+        "from extauthz.decision import decision as d\n"
+        "d.new_decision_id()  # the pool now holds ids the parent will hand out\n"
+        "assert d._id_pool\n"
+        "pid = os.fork()\n"
+        "if pid == 0:  # the child: nothing inherited\n"
+        "    os._exit(0 if not d._id_pool else 1)\n"
+        "_, status = os.waitpid(pid, 0)\n"
+        "raise SystemExit(os.waitstatus_to_exitcode(status))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
