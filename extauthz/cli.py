@@ -133,11 +133,21 @@ def _check(args: argparse.Namespace) -> int:
 
 def _audit_verify(args: argparse.Namespace) -> int:
     from extauthz.decision.audit import Hasher, verify
+    from extauthz.decision.audit.head import SUFFIX as HEAD_SUFFIX
     from extauthz.decision.audit.head import head_path
+    from extauthz.decision.audit.shared import SUFFIX as OFFERED_SUFFIX
 
-    head = None if args.no_head else (args.head or head_path(args.files[-1]))
+    # `audit verify audit.log*` also matches the log's head and counters files: they are not logs.
+    files = _oldest_first([f for f in args.files if not f.endswith((HEAD_SUFFIX, OFFERED_SUFFIX))])
+    given_heads = [f for f in args.files if f.endswith(HEAD_SUFFIX)]
+    if not files:
+        print("extauthz audit verify: no log file given", file=sys.stderr)
+        return EXIT_USAGE
+    current = [f for f in files if not f.rpartition(".")[2].isdigit()]  # not a rotated FILE.N
+    default_head = given_heads[-1] if given_heads else head_path((current or files)[-1])
+    head = None if args.no_head else (args.head or default_head)
     try:
-        result = verify(args.files, Hasher.from_key_file(args.hmac_key_file), head)
+        result = verify(files, Hasher.from_key_file(args.hmac_key_file), head)
     except (OSError, ValueError) as exc:
         print(f"extauthz audit verify: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -148,8 +158,17 @@ def _audit_verify(args: argparse.Namespace) -> int:
     if result.first_seq is not None and result.first_seq != 1:
         start = f" (the chain starts at seq {result.first_seq}: give the older files to check it too)"
     anchored = f", ends at the head {head}" if head is not None else ", no head checked (--no-head)"
-    print(f"OK: {result.records} records in {len(args.files)} file(s){anchored}{start}")
+    print(f"OK: {result.records} records in {len(files)} file(s){anchored}{start}")
     return EXIT_OK
+
+
+def _oldest_first(files: list[str]) -> list[str]:
+    """One log's rotated set in chain order (``FILE.N`` ... ``FILE.1``, ``FILE``), however a shell
+    glob listed it; files of different logs stay as given."""
+    bases = {f.rpartition(".")[0] if f.rpartition(".")[2].isdigit() else f for f in files}
+    if len(bases) != 1:
+        return files
+    return sorted(files, key=lambda f: -int(f.rpartition(".")[2]) if f not in bases else 0)
 
 
 def _replay(args: argparse.Namespace) -> int:

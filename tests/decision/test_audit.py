@@ -224,6 +224,9 @@ def test_rotation_keeps_one_chain_across_files(tmp_path: Path) -> None:
     assert alone.ok and alone.first_seq and alone.first_seq > 1
     # A file left out in the middle breaks it.
     assert not verify([files[0], *files[2:]]).ok
+    # The command takes the set as a shell glob lists it (head file included) and orders it.
+    globbed = [str(f) for f in sorted(tmp_path.glob("audit.log*"))]
+    assert globbed[0] == str(p) and main(["audit", "verify", *globbed]) == 0
 
 
 def test_restart_continues_the_chain(tmp_path: Path) -> None:
