@@ -34,7 +34,6 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from _common import (
-    BEARER,
     Proc,
     free_port,
     h2load,
@@ -45,6 +44,7 @@ from _common import (
     started,
 )
 from audit_count import AUDIT_COLUMNS, audit_columns, settled
+from bodies import BEARER
 
 from extauthz.devenv.processes import EnvoyProcess
 from extauthz.tools.envoy_config import bootstrap

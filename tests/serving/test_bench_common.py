@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import ast
 import importlib.util
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
+
+import pytest
 
 from extauthz._pb.envoy.service.auth.v3 import external_auth_pb2 as ext
 
@@ -54,3 +58,25 @@ def test_row_cost_per_request_and_table() -> None:
     assert c.per_core(load, {"server": 2.5, "wall": 5.0}) == 2000.0
     text = c.table([r], ["name", "rps", "p99_ms"])
     assert text.splitlines()[1].split() == ["x", "1000", "2.00"]
+
+
+def _bench_commands() -> list[str]:
+    tree = ast.parse((BENCH / "run.py").read_text())
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and any(
+            isinstance(t, ast.Name) and t.id == "COMMANDS" for t in node.targets
+        ):
+            return sorted(ast.literal_eval(node.value))
+    raise AssertionError("bench/run.py has no COMMANDS")
+
+
+@pytest.mark.parametrize("command", _bench_commands())
+def test_every_bench_command_imports_and_explains_itself(command: str) -> None:
+    """Every benchmark loads (an import broken by a change elsewhere in bench/ shows here, not on
+    the day someone runs `make bench-envoy`) and prints its options."""
+    done = subprocess.run(
+        [sys.executable, "bench/run.py", command, "--help"],
+        cwd=BENCH.parent, capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "usage:" in done.stdout
