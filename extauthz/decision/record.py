@@ -24,37 +24,15 @@ from extauthz.envoy.request import RequestView
 def audit_record(decision: Decision, req: RequestView | None, latency_us: int) -> dict[str, Any]:
     """The audit record of one decision (see the interface spec for the field list)."""
     r = req or RequestView()
-    ident = decision.identity
-    token = ident.token
-    record = {
-        "time": rfc3339_now(),
-        "decision_id": decision.decision_id,
-        "allowed": decision.allowed,
-        "status": decision.status,
-        "reason": decision.reason,
-        "policy": decision.policy,
-        "rule": decision.rule,
-        "error": decision.error,
-        "source": {
-            "principal": r.source.principal or None,
-            "address": r.source.address or None,
-        },
-        "peer_verified": ident.peer_verified,
-        "destination": {"principal": r.destination.principal or None},
-        "request": {"method": r.method, "host": r.host, "path": r.path},
-        "token": {
-            "iss": token.issuer if token is not None else None,
-            "sub": token.subject if token is not None else None,
-        },
-        "cache": decision.cache,
-        "latency_us": latency_us,
-        "audit_policies": list(decision.audit_policies),
-        "dry_run": [{"policy": p, "result": res} for p, res in decision.dry_run],
-        "input": decision.input,  # decision/inputs.py; None: nothing was read (undecodable)
-    }
-    if r.request_id:  # the client's x-request-id (or Envoy's): chosen by the client, not unique
-        record["request_id"] = r.request_id
-    return record
+    return _record(
+        decision,
+        latency_us,
+        {"principal": r.source.principal or None, "address": r.source.address or None},
+        r.destination.principal or None,
+        {"method": r.method, "host": r.host, "path": r.path},
+        decision.input,  # decision/inputs.py; None: nothing was read (undecodable)
+        r.request_id,
+    )
 
 
 def hit_record(
@@ -67,9 +45,29 @@ def hit_record(
         inp = decision.input
     if inp is None:
         return None
+    src = inp["source"]
+    return _record(
+        decision,
+        latency_us,
+        {"principal": src["principal"], "address": src["address"]},
+        inp["destination"]["principal"],
+        {"method": inp["method"], "host": inp["host"], "path": inp["path"]},
+        inp,
+        request_id,
+    )
+
+
+def _record(
+    decision: Decision,
+    latency_us: int,
+    source: dict[str, Any],
+    destination_principal: str | None,
+    request: dict[str, Any],
+    inp: dict[str, Any] | None,
+    request_id: str,
+) -> dict[str, Any]:
     ident = decision.identity
     token = ident.token
-    src = inp["source"]
     record = {
         "time": rfc3339_now(),
         "decision_id": decision.decision_id,
@@ -79,10 +77,10 @@ def hit_record(
         "policy": decision.policy,
         "rule": decision.rule,
         "error": decision.error,
-        "source": {"principal": src["principal"], "address": src["address"]},
+        "source": source,
         "peer_verified": ident.peer_verified,
-        "destination": {"principal": inp["destination"]["principal"]},
-        "request": {"method": inp["method"], "host": inp["host"], "path": inp["path"]},
+        "destination": {"principal": destination_principal},
+        "request": request,
         "token": {
             "iss": token.issuer if token is not None else None,
             "sub": token.subject if token is not None else None,
@@ -93,7 +91,7 @@ def hit_record(
         "dry_run": [{"policy": p, "result": res} for p, res in decision.dry_run],
         "input": inp,
     }
-    if request_id:
+    if request_id:  # the client's x-request-id (or Envoy's): chosen by the client, not unique
         record["request_id"] = request_id
     return record
 
