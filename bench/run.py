@@ -57,6 +57,7 @@ COMMANDS = {
     "soak": "soak",
     "slow-streams": "slow_streams",
     "audit": "audit_cost",
+    "asgi": "asgi_cost",
 }
 LOADS = ("grpc", "envoy", "scale")  # `all`: these take the options given to `all`
 IN_PROCESS = ("rules", "identity", "cache", "hotpath", "replay")  # `all`: these run with their defaults
