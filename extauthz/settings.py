@@ -72,6 +72,9 @@ class Settings:
     max_connections: int = 4096  # per worker process (h2corn; grpcio has no such bound)
     max_buffered_bytes_per_connection: int = 4 * 1024 * 1024
     max_buffered_bytes: int = 64 * 1024 * 1024
+    # h2corn's I/O threads under SCHED_BATCH (Linux): they no longer preempt a check in progress
+    # (serving/sched.py; ~25% more checks per core, bench/README.md).
+    io_threads_batch: bool = True
 
     def validate(self) -> None:
         parse_listen(self.listen)
@@ -145,6 +148,8 @@ class Settings:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise SettingsError(f"{name} must be a whole number >= 1")
+        if not isinstance(self.io_threads_batch, bool):
+            raise SettingsError("io_threads_batch must be true or false")
         if self.max_message_bytes > 64 * 1024 * 1024:
             raise SettingsError("max_message_bytes must be at most 64 MiB")
         if not isinstance(self.body_timeout, (int, float)) or not 0 < self.body_timeout <= 3600:

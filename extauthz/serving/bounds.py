@@ -66,6 +66,57 @@ class Budget:
                 self.by_connection.pop(conn, None)
 
 
+class Deadlines:
+    """The body deadlines of one event loop's reads, kept by one timer for all of them.
+
+    ``asyncio.timeout`` per call armed and cancelled a timer handle for every Check (h2corn
+    hands every body over as the message plus an empty last event, so every call waits once):
+    ~10 us of a cached check's CPU (issue 14, ``bench/run.py asgi --split``). Here a read only
+    registers its task and deadline in a dict; one timer, armed at the earliest deadline and at
+    most every ``granularity`` seconds, cancels the reads past theirs (``read_body`` turns that
+    cancellation into TIMEOUT). A deadline is kept at most ``granularity`` late.
+    """
+
+    def __init__(self, granularity: float = 0.05) -> None:
+        self.granularity = granularity
+        self._pending: dict[asyncio.Task[Any], float] = {}
+        self._expired: set[asyncio.Task[Any]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def enter(self, task: asyncio.Task[Any], deadline: float) -> None:
+        self._pending[task] = deadline
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_at(deadline, self._fire)
+
+    def leave(self, task: asyncio.Task[Any]) -> None:
+        self._pending.pop(task, None)
+
+    def expired(self, task: asyncio.Task[Any]) -> bool:
+        """Whether ``task`` was cancelled here (then its cancellation is withdrawn: the caller
+        answers TIMEOUT instead)."""
+        if task not in self._expired:
+            return False
+        self._expired.discard(task)
+        task.uncancel()
+        return True
+
+    def _fire(self) -> None:
+        self._timer = None
+        pending = self._pending
+        if not pending:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        late = [t for t, d in pending.items() if d <= now]
+        for task in late:
+            del pending[task]
+            self._expired.add(task)
+            task.cancel()
+        if pending:
+            when = max(min(pending.values()), now + self.granularity)
+            self._timer = loop.call_at(when, self._fire)
+
+
 @dataclass
 class Limits:
     """The bounds one body is read under."""
@@ -73,6 +124,7 @@ class Limits:
     max_body: int  # 5 + max_message_bytes: the frame header and the message
     timeout: float
     budget: Budget
+    deadlines: Deadlines = field(default_factory=Deadlines)
 
 
 def connection_key(scope: dict[str, Any]) -> ConnectionKey:
@@ -92,6 +144,9 @@ def _declares_too_much(head: bytes, max_body: int) -> bool:
 async def read_body(receive: Receive, limits: Limits, conn: ConnectionKey) -> tuple[bytes, str | None]:
     """The whole request body, or (b"", why it was refused: TOO_LARGE, TIMEOUT, BUDGET, GONE).
 
+    The body must be complete ``limits.timeout`` seconds after its first event (the call's
+    start: h2corn hands the headers and the first DATA over together).
+
     Every byte held across a wait is reserved in ``limits.budget`` and released on return."""
     first = await receive()
     if first["type"] != "http.request":
@@ -105,34 +160,38 @@ async def read_body(receive: Receive, limits: Limits, conn: ConnectionKey) -> tu
     size = len(chunk)
     held = 0
     budget = limits.budget
+    deadlines = limits.deadlines
+    task = asyncio.current_task()
+    assert task is not None
     try:
         if not budget.take(conn, size):
             return b"", BUDGET
         held = size
-        # One timer for the whole body (asyncio.timeout), not a task per receive (wait_for):
-        # the rest of a body usually arrives in one more message.
-        async with asyncio.timeout(limits.timeout):
-            while True:
-                msg = await receive()
-                if msg["type"] != "http.request":
-                    return b"", GONE
-                chunk = msg.get("body", b"")
-                if chunk:
-                    size += len(chunk)
-                    header_done = size - len(chunk) < 5 <= size
-                    if size > limits.max_body or (
-                        header_done
-                        and _declares_too_much(b"".join((*chunks, chunk)), limits.max_body)
-                    ):
-                        return b"", TOO_LARGE
-                    if not budget.take(conn, len(chunk)):
-                        return b"", BUDGET
-                    held += len(chunk)
-                    chunks.append(chunk)
-                if not msg.get("more_body", False):
-                    return b"".join(chunks), None
-    except TimeoutError:
-        return b"", TIMEOUT
+        deadlines.enter(task, asyncio.get_running_loop().time() + limits.timeout)
+        while True:
+            msg = await receive()
+            if msg["type"] != "http.request":
+                return b"", GONE
+            chunk = msg.get("body", b"")
+            if chunk:
+                size += len(chunk)
+                header_done = size - len(chunk) < 5 <= size
+                if size > limits.max_body or (
+                    header_done and _declares_too_much(b"".join((*chunks, chunk)), limits.max_body)
+                ):
+                    return b"", TOO_LARGE
+                if not budget.take(conn, len(chunk)):
+                    return b"", BUDGET
+                held += len(chunk)
+                chunks.append(chunk)
+            if not msg.get("more_body", False):
+                return b"".join(chunks), None
+    except asyncio.CancelledError:
+        if deadlines.expired(task):
+            return b"", TIMEOUT
+        raise
     finally:
+        deadlines.leave(task)
         chunks.clear()
         budget.give(conn, held)
+

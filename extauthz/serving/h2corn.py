@@ -47,7 +47,7 @@ from extauthz.envoy.grpc import (
     parse_grpc_timeout,
     unframe,
 )
-from extauthz.serving import bounds, lifecycle
+from extauthz.serving import bounds, lifecycle, sched
 from extauthz.serving.service import Service
 from extauthz.settings import Settings, parse_listen
 
@@ -308,6 +308,8 @@ def serve_h2corn(service: Service, settings: Settings) -> int:
             started.cancel()
             serving.result()
             return
+        if settings.io_threads_batch:
+            sched.batch_io_threads()
         log.info(
             "serving on %s (h2corn), policies from %s, generation %d",
             ", ".join(server.addresses),
