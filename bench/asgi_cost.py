@@ -6,7 +6,8 @@ The app is built as ``serve`` builds it (``serving.service.running``: decision c
 to a real file with its writer thread, metrics) and called on one asyncio loop with in-memory
 ``receive``/``send`` (no sockets, no h2corn): what our own Python costs per Check, the ASGI glue
 included, without the transport. Every call sends a different request (bench/bodies.py: request
-id, time and trace ids differ), the allowed one, so every call after the first is a cache hit.
+id, time and trace ids differ), the allowed one (``--path /admin/users``: the denied one), so
+every call after the first is a cache hit.
 
 ``--split``: deliver the body as h2corn does, the message in one ``http.request`` with
 ``more_body`` and an empty last one (what a real h2corn sends for every h2load or Envoy call);
@@ -90,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--calls", type=int, default=20000)
     p.add_argument("--split", action="store_true", help="body + an empty last event, as h2corn sends")
     p.add_argument("--policies", default="policies")
+    p.add_argument("--path", default="/api/items", help="the request path (/admin/users: a deny)")
     args = p.parse_args(argv)
 
     import noop
@@ -98,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     from extauthz.serving.service import running
     from extauthz.settings import Settings
 
-    frames = [b"\x00" + struct.pack(">I", len(b)) + b for b in map(check_request, range(2000))]
+    bodies = (check_request(i, path=args.path) for i in range(2000))
+    frames = [b"\x00" + struct.pack(">I", len(b)) + b for b in bodies]
     print(f"noop      {per_call(noop.app, frames, args.calls, args.split):6.1f} us CPU per call")
     with tempfile.TemporaryDirectory(prefix="bench-asgi-") as tmp:
         settings = Settings(policies=args.policies, audit_log=os.path.join(tmp, "audit.jsonl"))

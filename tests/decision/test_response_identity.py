@@ -153,7 +153,9 @@ def test_spliced_allow_parses_as_one_message_in_both_parsers() -> None:
     assert len(md["decision_id"]) == 32 and md["policy"] == "shop/frontend-to-api"
 
 
-@pytest.mark.parametrize("rid", ["r", "x" * 300])  # multi-byte varint lengths too
+# multi-byte varint lengths; 32 hex digits (a real id: joined into the split parts); 32 other
+# characters (built whole)
+@pytest.mark.parametrize("rid", ["r", "x" * 300, "0123456789abcdef" * 2, '"' * 32, "é" * 32])
 def test_prepared_responses_equal_a_one_piece_build(rid: str) -> None:
     md = {"policy": "ns/" + "p" * 200, "allowed": False, "peer": None, "n": 3}
     # deny, built the plain way
@@ -227,3 +229,18 @@ def test_x_spiffe_id_stays_managed_when_the_setting_names_other_headers() -> Non
     assert resp.status.code == 0
     assert [h.header.key for h in resp.ok_response.headers] == ["x-peer"]
     assert "x-spiffe-id" in resp.ok_response.headers_to_remove
+
+
+def test_a_response_holding_the_stand_in_id_is_built_whole() -> None:
+    """Were a value copied into the response (a claim, a policy name) the stand-in for the id,
+    splitting at it would misplace the id: such a response is built whole instead."""
+    rid = "fedcba9876543210" * 2
+    odd = response.prepare_deny(403, "denied_by_policy", metadata={"policy": response._STAND_IN})
+    assert odd.parts is None
+    parsed = ext.CheckResponse.FromString(odd.finish(rid))
+    assert parsed.dynamic_metadata.fields["policy"].string_value == response._STAND_IN
+    assert parsed.dynamic_metadata.fields["decision_id"].string_value == rid
+    assert json.loads(parsed.denied_response.body)["decision_id"] == rid
+    plain = response.prepare_deny(403, "denied_by_policy", metadata={"policy": "ns/p"})
+    assert plain.parts is not None and len(plain.parts) == 4
+    assert plain.finish(rid) == plain.build(rid)
