@@ -136,8 +136,7 @@ def message_key(plan: KeyPlan, bundle_generation: int, msg: Any) -> Key | None:
     h = http.headers
     if not h:
         return None  # maybe header_map: the view joins it
-    names = "".join(h)
-    if names != names.lower():
+    if not "".join(h).islower():  # one pass over the map (slow to iterate); no letters: False
         return None  # the view lowers names (and refuses clashes)
     raw_path = http.path or h.get(":path", "")
     path, sep, query = raw_path.partition("?")
@@ -165,7 +164,7 @@ def message_key(plan: KeyPlan, bundle_generation: int, msg: Any) -> Key | None:
         attrs.tls_session.sni,
         method,  # as sent, as the view keeps it (get and GET decide differently)
         split_host(host),
-        tuple(_v(h.get(name)) for name in plan.headers),
+        tuple([_v(h.get(name)) for name in plan.headers]),
     )
     return (inputs, path, _v(query if sep else "") if plan.query else None)  # path: KEY_PATH
 
