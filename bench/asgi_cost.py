@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--split", action="store_true", help="body + an empty last event, as h2corn sends")
     p.add_argument("--policies", default="policies")
     p.add_argument("--path", default="/api/items", help="the request path (/admin/users: a deny)")
+    p.add_argument("--uncached", action="store_true", help="cache_size 0, no token: decided every time")
     args = p.parse_args(argv)
 
     import noop
@@ -100,11 +101,16 @@ def main(argv: list[str] | None = None) -> int:
     from extauthz.serving.service import running
     from extauthz.settings import Settings
 
-    bodies = (check_request(i, path=args.path) for i in range(2000))
+    token: dict[str, Any] = {"token": None} if args.uncached else {}
+    bodies = (check_request(i, path=args.path, **token) for i in range(2000))
     frames = [b"\x00" + struct.pack(">I", len(b)) + b for b in bodies]
     print(f"noop      {per_call(noop.app, frames, args.calls, args.split):6.1f} us CPU per call")
     with tempfile.TemporaryDirectory(prefix="bench-asgi-") as tmp:
-        settings = Settings(policies=args.policies, audit_log=os.path.join(tmp, "audit.jsonl"))
+        settings = Settings(
+            policies=args.policies,
+            audit_log=os.path.join(tmp, "audit.jsonl"),
+            cache_size=0 if args.uncached else Settings.cache_size,
+        )
         with running(settings) as service:
             app = GrpcApp(service, settings)
             us = per_call(app, frames, args.calls, args.split)
