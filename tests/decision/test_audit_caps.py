@@ -66,3 +66,36 @@ def test_fits_a_realistic_long_record() -> None:
     record = {"time": "t", "input": {"headers": {f"x-h{i}": "v" * 40 for i in range(30)}}, "l": []}
     body = encode_json(record)
     assert len(body) > MAX_FIELD_CHARS and fits(body)
+
+
+_JSON_TEXT = st.text(alphabet=st.characters(codec="utf-8"), max_size=12) | st.text(
+    alphabet='az"\\/\x00\x1f\x7f\x80é\u2028\U0001f600', max_size=12
+)
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2**80), max_value=2**80)
+    | st.floats(allow_nan=False, allow_infinity=False) | _JSON_TEXT,
+    lambda inner: st.lists(inner, max_size=5) | st.tuples(inner, inner)
+    | st.dictionaries(_JSON_TEXT, inner, max_size=4),
+    max_leaves=40,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_JSON_VALUES)
+def test_encode_json_is_the_json_modules_ascii_json(value: Any) -> None:
+    """orjson's output is taken only where it reads back the same and is plain ASCII without
+    DEL (what ``ensure_ascii`` writes): no input can put a raw non-ASCII or control byte, or a
+    newline, into an audit line."""
+    out = encode_json(value)
+    reference = json.dumps(value, ensure_ascii=True, separators=(",", ":"))
+    assert json.loads(out) == json.loads(reference)
+    assert out.isascii() and "\x7f" not in out and "\n" not in out
+    assert all(c >= " " for c in out)
+
+
+def test_encode_json_falls_back_for_what_orjson_refuses_or_writes_as_utf8() -> None:
+    assert encode_json({"a": "é\u2028"}) == '{"a":"\\u00e9\\u2028"}'
+    assert encode_json({"a": "x\x7f"}) == '{"a":"x\\u007f"}'
+    assert encode_json({1: 2**70}) == '{"1":1180591620717411303424}'
+    assert encode_json({"lone": "\udc80"}) == '{"lone":"\\udc80"}'
+    assert encode_json({"a": "plain", "n": [1, 2.5, None, True]}) == '{"a":"plain","n":[1,2.5,null,true]}'
