@@ -45,7 +45,7 @@ def cached(
     kept.input = None
     kept.identity = share(kept.identity)
     kept.headers = share(kept.headers)
-    prepared = share(prepared)
+    prepared = share(prepared.split())
     template = share(template)
     fields = tuple(getattr(kept, name) for name in DECISION_FIELDS)
     entry: Cached = share(Cached(kept, prepared, template), ("cached", fields, prepared, template))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from google.protobuf import struct_pb2
 
@@ -112,7 +112,8 @@ def _frame(field_number: int, content: bytes) -> bytes:
 
 
 # Decision ids are 32 hex digits (decision.new_decision_id). ``Prepared`` encodes its response
-# once with this stand-in for the id, a random one no client can know (so no header, claim or
+# once (``split``, when it goes into the decision cache) with this stand-in for the id, a
+# random one no client can know (so no header, claim or
 # path copied into the response can hold it), and keeps the bytes around each occurrence: a hit's
 # response is then the id joined into those parts (~0.3 us), where building the deny's header and
 # JSON body with protobuf and json took ~6 us (bench/run.py asgi --path /admin/users).
@@ -132,11 +133,17 @@ class Prepared:
     # The response with the stand-in id, split at it (None: build it each time).
     parts: tuple[bytes, ...] | None = field(default=None, compare=False, repr=False)
 
-    def __post_init__(self) -> None:
+    def split(self) -> Prepared:
+        """This response with its parts kept (what a cache entry holds: each hit then joins its
+        id into them). A response answered once (no cache) is not split: that costs more than
+        one ``build``."""
+        if self.parts is not None:
+            return self
         parts = tuple(self.build(_STAND_IN).split(_STAND_IN.encode()))
         # the id goes into the metadata, and a deny's header and body: 1 or 3 places
-        if len(parts) == (2 if self.denied is None else 4):
-            object.__setattr__(self, "parts", parts)
+        if len(parts) != (2 if self.denied is None else 4):
+            return self
+        return replace(self, parts=parts)
 
     def finish(self, decision_id: str) -> bytes:
         parts = self.parts

@@ -176,6 +176,7 @@ def test_prepared_responses_equal_a_one_piece_build(rid: str) -> None:
     want.dynamic_metadata.fields["decision_id"].string_value = rid
     got = response.prepare_deny(403, "denied_by_policy", metadata=md).finish(rid)
     assert ext.CheckResponse.FromString(got) == want
+    assert response.prepare_deny(403, "denied_by_policy", metadata=md).split().finish(rid) == got
     assert _bp_check_response(got).to_dict() == _bp_check_response(want.SerializeToString()).to_dict()
     # allow
     want = ext.CheckResponse()
@@ -187,10 +188,10 @@ def test_prepared_responses_equal_a_one_piece_build(rid: str) -> None:
     )
     want.ok_response.headers_to_remove.append("x-user")
     want.dynamic_metadata.fields["decision_id"].string_value = rid
-    got = response.prepare_allow([("x-spiffe-id", "spiffe://a/b")], managed=("x-spiffe-id", "x-user")).finish(
-        rid
-    )
+    prepared = response.prepare_allow([("x-spiffe-id", "spiffe://a/b")], managed=("x-spiffe-id", "x-user"))
+    got = prepared.finish(rid)
     assert ext.CheckResponse.FromString(got) == want
+    assert prepared.split().finish(rid) == got
     assert _bp_check_response(got).to_dict() == _bp_check_response(want.SerializeToString()).to_dict()
 
 
@@ -236,11 +237,14 @@ def test_a_response_holding_the_stand_in_id_is_built_whole() -> None:
     splitting at it would misplace the id: such a response is built whole instead."""
     rid = "fedcba9876543210" * 2
     odd = response.prepare_deny(403, "denied_by_policy", metadata={"policy": response._STAND_IN})
-    assert odd.parts is None
+    assert odd.split().parts is None
+    odd = odd.split()
     parsed = ext.CheckResponse.FromString(odd.finish(rid))
     assert parsed.dynamic_metadata.fields["policy"].string_value == response._STAND_IN
     assert parsed.dynamic_metadata.fields["decision_id"].string_value == rid
     assert json.loads(parsed.denied_response.body)["decision_id"] == rid
     plain = response.prepare_deny(403, "denied_by_policy", metadata={"policy": "ns/p"})
+    assert plain.parts is None  # answered once: not split
+    plain = plain.split()
     assert plain.parts is not None and len(plain.parts) == 4
     assert plain.finish(rid) == plain.build(rid)
