@@ -100,8 +100,8 @@ class AuditLog:
             log.error("audit log %s at startup: %s", event["event"], event)
             body = encode_body({"time": rfc3339_now(), **event})
             self._q.append((False, accounting_line(body, *acc)))
-        self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
-        self._thread.start()
+        self._writer = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+        self._writer.start()
 
     @classmethod
     def open(
@@ -340,7 +340,7 @@ class AuditLog:
         """Wait until everything queued so far is written (or lost); False on timeout."""
         deadline = time.monotonic() + timeout
         while self._q or not self._idle:
-            if time.monotonic() > deadline or not self._thread.is_alive():
+            if time.monotonic() > deadline or not self._writer.is_alive():
                 return False
             time.sleep(0.001)
         return True
@@ -350,7 +350,7 @@ class AuditLog:
         with self._cond:
             self._closing = True
             self._cond.notify()
-        self._thread.join(timeout)
+        self._writer.join(timeout)
         with self._cond:  # appended after the writer's last look, or the writer is stuck: count
             self._lose([self._q.popleft() for _ in range(len(self._q))])
         self.sink.close()
