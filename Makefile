@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
 .PHONY: setup test-deps run test lint protos bench-deps bench-grpc bench-envoy bench-scale bench-stacks \
-        bench-rules bench-cache soak fuzz clean
+        bench-rules bench-cache soak fuzz clean compiled pure
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,15 @@ lint: setup
 	$(BIN)/ruff check extauthz tests bench
 	$(BIN)/mypy extauthz
 	$(BIN)/lint-imports
+
+## Opt-in: compile the Check hot path with mypyc in place (needs gcc and the Python headers;
+## bench/README.md "Compiled with mypyc"). `make pure` removes it: the default pure-Python package.
+compiled: setup
+	$(BIN)/python -c 'import setuptools' 2>/dev/null || $(BIN)/python -m pip install -q setuptools
+	$(BIN)/python bench/compiled.py build
+
+pure:
+	$(BIN)/python bench/compiled.py clean
 
 ## Regenerate extauthz/_pb from protos/.
 protos: setup
@@ -93,4 +102,5 @@ fuzz: setup
 	    -dict=tests/fuzz/policy.dict -print_final_stats=1 -artifact_prefix=.fuzz/policy/ .fuzz/policy
 
 clean:
+	[ ! -x $(BIN)/python ] || $(BIN)/python bench/compiled.py clean
 	rm -rf $(VENV) .demo .fuzz build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from extauthz import __version__
+from extauthz import __version__, compiled
 
 
 def parser() -> argparse.ArgumentParser:
@@ -12,7 +12,9 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="extauthz", description="Zero-trust Envoy external authorization service."
     )
-    p.add_argument("--version", action="version", version=f"extauthz {__version__}")
+    p.add_argument(
+        "--version", action="version", version=f"extauthz {__version__} ({compiled.summary()})"
+    )
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("serve", help="run the ext_authz gRPC service")

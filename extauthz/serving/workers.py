@@ -41,8 +41,8 @@ from typing import IO
 from extauthz.decision.audit import AuditLog
 from extauthz.decision.audit.chain import unsealed_body
 from extauthz.decision.audit.files import LOST_EVENT
+from extauthz.decision.audit.lines import accounting_line
 from extauthz.decision.audit.shared import ENV_AUDIT_FD, Offered, Tally
-from extauthz.decision.audit.writer import accounting_line
 from extauthz.serving import lifecycle
 from extauthz.serving.service import open_audit_log, open_policy_store
 from extauthz.settings import Settings, worker_listen

@@ -6,12 +6,13 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from helpers.decisions import NOW, POLICY, Clock
+from helpers.decisions import NOW, POLICY, Clock, ExplodingResolver, resolver_patch
 
 from extauthz._pb.envoy.service.auth.v3 import external_auth_pb2 as ext
 from extauthz.decision.cache import DecisionCache
 from extauthz.decision.decision import Decision
 from extauthz.identity.generation import Generation
+from extauthz.identity.resolver import IdentityContext
 from extauthz.pipeline import CheckCore
 from extauthz.policy import Engine, compile_policies, load_text
 from extauthz.tools.samples import check_request
@@ -194,16 +195,11 @@ def test_errors_and_bad_requests_are_never_cached(rig: Rig, kw: dict[str, Any]) 
 
 
 def test_internal_errors_are_never_cached(rig: Rig, monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = []
-
-    def explode(*a: Any) -> Any:
-        calls.append(1)
-        raise RuntimeError("boom")
-
-    monkeypatch.setattr(rig.engine.__class__, "evaluate", explode)
+    exploding = ExplodingResolver(RuntimeError("boom"))
+    monkeypatch.setattr(IdentityContext, "resolver", resolver_patch(exploding))
     assert rig.run(**GOOD).reason == "internal_error"
     assert rig.run(**GOOD).reason == "internal_error"
-    assert len(calls) == 2 and len(rig.cache) == 0
+    assert exploding.calls == 2 and len(rig.cache) == 0
 
 
 def test_policy_denies_are_cached(rig: Rig) -> None:

@@ -7,12 +7,13 @@ import json
 import re
 from typing import Any
 
-from helpers.decisions import POLICY, Clock
+from helpers.decisions import POLICY, Clock, ExplodingResolver, resolver_patch
 
 from extauthz._pb.envoy.service.auth.v3 import external_auth_pb2 as ext
 from extauthz.decision.audit import AuditLog, StreamSink
 from extauthz.decision.cache import DecisionCache
 from extauthz.decision.quarantine import Quarantine
+from extauthz.identity.resolver import IdentityContext
 from extauthz.pipeline import CheckCore
 from extauthz.policy import compile_policies, load_text
 from extauthz.tools.samples import check_request
@@ -81,12 +82,7 @@ def test_quarantine_malformed_and_internal_denies_get_service_ids_too() -> None:
 
 
 def test_an_internal_error_keeps_the_request_id_apart(monkeypatch: Any) -> None:
-    from extauthz import pipeline
-
-    def boom(*_: Any) -> Any:
-        raise RuntimeError("boom")
-
-    monkeypatch.setattr(pipeline, "decide", boom)
+    monkeypatch.setattr(IdentityContext, "resolver", resolver_patch(ExplodingResolver(RuntimeError("boom"))))
     rig = Rig()
     resp = rig.answer(check_request(request_id="mine", **OK).SerializeToString())
     [record] = rig.records()

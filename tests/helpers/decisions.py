@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from extauthz.envoy.request import RequestView
 from extauthz.identity.model import Identity, Token, establish
 from extauthz.identity.resolver import Resolution
@@ -78,3 +80,35 @@ class FakeResolver:
 def fake_resolver(self: object, policies: PolicySet) -> FakeResolver:
     """Patched over ``IdentityContext.resolver``."""
     return FakeResolver()
+
+
+# Faults injected into a check go through ``IdentityContext.resolver``, never by replacing a
+# function of pipeline.py or decision.py: in the compiled build (``make compiled``) those call each
+# other directly and a monkeypatched module attribute is not seen. identity/resolver.py stays
+# Python there (extauthz/compiled.py), so a patched ``IdentityContext.resolver`` always is.
+
+
+class ExplodingResolver:
+    """The identity step raising ``error``: an internal fault inside ``decide``."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+        self.calls = 0
+
+    def resolve(self, req: RequestView, now: float | None = None) -> Resolution:
+        self.calls += 1
+        raise self.error
+
+
+class UnrenderableResolver:
+    """An allowed identity with an upstream header whose value cannot be encoded (a lone
+    surrogate, as a JSON-decoded token claim may hold): rendering the response raises."""
+
+    def resolve(self, req: RequestView, now: float | None = None) -> Resolution:
+        return Resolution(fake_token_identity(req), headers=(("x-claim", "\ud800"),))
+
+
+def resolver_patch(resolver: object) -> Callable[[object, PolicySet], object]:
+    """``monkeypatch.setattr(IdentityContext, "resolver", resolver_patch(r))``: every check
+    resolves its identity with ``r``."""
+    return lambda self, policies: resolver

@@ -8,13 +8,14 @@ import sys
 from typing import Any
 
 import pytest
+from helpers.decisions import ExplodingResolver, UnrenderableResolver, resolver_patch
 
-from extauthz import pipeline as check_mod
 from extauthz._pb.envoy.config.core.v3 import base_pb2
 from extauthz._pb.envoy.service.auth.v3 import external_auth_pb2 as ext
 from extauthz.decision import decision as decision_mod
+from extauthz.identity.resolver import IdentityContext
 from extauthz.pipeline import CheckCore
-from extauthz.policy import Engine, compile_policies, load_text
+from extauthz.policy import compile_policies, load_text
 from extauthz.tools.samples import check_request
 
 POLICY = """
@@ -156,10 +157,9 @@ def test_no_policy_loaded_denies() -> None:
 
 
 def test_internal_error_fails_closed(core: CheckCore, monkeypatch: pytest.MonkeyPatch) -> None:
-    def boom(engine: Engine | None, req: object) -> None:
-        raise RuntimeError("engine exploded")
-
-    monkeypatch.setattr(check_mod, "decide", boom)
+    monkeypatch.setattr(
+        IdentityContext, "resolver", resolver_patch(ExplodingResolver(RuntimeError("engine exploded")))
+    )
     body, record, decision = core.check(check_request().SerializeToString())
     resp = ext.CheckResponse.FromString(body)
     assert resp.status.code == 7
@@ -170,12 +170,10 @@ def test_internal_error_fails_closed(core: CheckCore, monkeypatch: pytest.Monkey
 
 
 def test_render_failure_still_answers_deny(core: CheckCore, monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken(decision: object) -> bytes:
-        raise ValueError("cannot render")
-
-    monkeypatch.setattr(check_mod, "render", broken)
+    monkeypatch.setattr(IdentityContext, "resolver", resolver_patch(UnrenderableResolver()))
     body, _, decision = core.check(check_request().SerializeToString())
     assert not decision.allowed
+    assert decision.reason == "internal_error"
     assert ext.CheckResponse.FromString(body).status.code != 0
 
 

@@ -18,7 +18,8 @@ What no chain shows by itself: records cut off the end of the newest file (the h
 Modules: ``record`` (encoding, caps, timestamps), ``chain`` (Hasher, seal, ChainState), ``sinks``
 (stream and rotated file), ``head`` (the anchored head, ``PATH.head``), ``shared`` (the offered
 counters, ``PATH.offered``: a killed process's records are counted at the next start),
-``writer`` (AuditLog: queue and writer thread), ``files`` (reading a log), ``verify``.
+``writer`` (AuditLog: queue and writer thread), ``lines`` (queued lines that stand for other
+counts: loss events), ``files`` (reading a log), ``verify``.
 """
 
 from extauthz.decision.audit.chain import GENESIS, HASH_MEMBER, ChainState, Hasher, seal, split_sealed

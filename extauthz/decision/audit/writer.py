@@ -12,6 +12,7 @@ from typing import Any
 
 from extauthz.decision.audit.chain import ChainState, Hasher, seal_body, split_sealed
 from extauthz.decision.audit.files import LOST_EVENT
+from extauthz.decision.audit.lines import Counts, accounting_line, weigh
 from extauthz.decision.audit.record import encode_body, rfc3339_now
 from extauthz.decision.audit.shared import Offered, offered_path, reconcile
 from extauthz.decision.audit.sinks import FileSink, PartialWrite, Sink, StreamSink
@@ -27,39 +28,6 @@ _IDLE_WAKE = 0.05  # an idle writer looks at the queue at least this often
 _HOLD_MIN, _HOLD_MAX = 1.0, 30.0  # seconds writes stay "failing" after an error
 PRESSURE_WAIT = 0.005  # seconds an emit waits for room before a record is refused
 _PRESSURE_STEP = 0.0005
-Counts = tuple[int, int]
-
-
-class _Line(str):
-    """A queued line that is not one offered record: ``acc`` is what it accounts for."""
-
-    acc: Counts = (0, 0)
-
-
-def accounting_line(body: str, allowed: int = 0, denied: int = 0) -> str:
-    """``body`` to queue as a line that stands for (allowed, denied) offered records (a loss
-    event: its counts; a note of the service's own: none) instead of one."""
-    line = _Line(body)
-    line.acc = (allowed, denied)
-    return line
-
-
-def _weigh(items: list[tuple[bool, str]]) -> Counts:
-    """The offered records ``items`` account for once written (see shared.py)."""
-    a = d = 0
-    for allowed, body in items:
-        if body.__class__ is str:
-            if allowed:
-                a += 1
-            else:
-                d += 1
-        else:
-            acc = body.acc  # type: ignore[attr-defined]
-            a += acc[0]
-            d += acc[1]
-    return a, d
-
-
 class AuditLog:
     """A bounded queue in front of a writer thread that seals and writes records.
 
@@ -132,8 +100,8 @@ class AuditLog:
             log.error("audit log %s at startup: %s", event["event"], event)
             body = encode_body({"time": rfc3339_now(), **event})
             self._q.append((False, accounting_line(body, *acc)))
-        self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
-        self._thread.start()
+        self._writer = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+        self._writer.start()
 
     @classmethod
     def open(
@@ -246,7 +214,7 @@ class AuditLog:
 
     def _lose(self, items: list[tuple[bool, str]]) -> None:
         """Count ``items`` as lost: a record as one, a loss event as its counts (under _cond)."""
-        a, d = _weigh(items)
+        a, d = weigh(items)
         if a:
             self._count_loss(True, a)
         if d:
@@ -325,7 +293,7 @@ class AuditLog:
         return self.accounted if self.offered is not None else None
 
     def _account(self, items: list[tuple[bool, str]]) -> None:
-        a, d = _weigh(items)
+        a, d = weigh(items)
         self.accounted = (self.accounted[0] + a, self.accounted[1] + d)
 
     def _write_failed(
@@ -372,7 +340,7 @@ class AuditLog:
         """Wait until everything queued so far is written (or lost); False on timeout."""
         deadline = time.monotonic() + timeout
         while self._q or not self._idle:
-            if time.monotonic() > deadline or not self._thread.is_alive():
+            if time.monotonic() > deadline or not self._writer.is_alive():
                 return False
             time.sleep(0.001)
         return True
@@ -382,7 +350,7 @@ class AuditLog:
         with self._cond:
             self._closing = True
             self._cond.notify()
-        self._thread.join(timeout)
+        self._writer.join(timeout)
         with self._cond:  # appended after the writer's last look, or the writer is stuck: count
             self._lose([self._q.popleft() for _ in range(len(self._q))])
         self.sink.close()

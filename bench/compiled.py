@@ -1,0 +1,88 @@
+"""The opt-in compiled build: mypyc compiles the Check hot path in place (``make compiled``).
+
+    python bench/compiled.py build [-j N]   # compile extauthz.compiled.HOT_PATH, .so next to .py
+    python bench/compiled.py clean          # remove them: the pure-Python package again
+    python bench/compiled.py status         # which modules import compiled (and stale ones)
+
+Needs a C compiler and the Python headers (Debian: gcc, python3-dev) and mypy (the venv's test
+extra). The C sources and objects go to build/mypyc/; only the extension modules are copied
+into the package (.gitignore'd). Nothing in extauthz needs them: without them, or after
+``clean``, the same code runs as Python. See bench/README.md ("Compiled with mypyc").
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from extauthz import compiled  # noqa: E402
+
+GROUP = "extauthz._compiled"  # the shared library: extauthz/_compiled__mypyc.*.so
+BUILD_DIR = "build/mypyc"
+
+
+def build(jobs: int) -> int:
+    from mypyc.build import mypycify
+    from setuptools import setup
+
+    os.chdir(ROOT)  # mypy reads pyproject.toml's [tool.mypy] from here
+    paths = [str(compiled.source_of(m).relative_to(ROOT)) for m in compiled.HOT_PATH]
+    t0 = time.monotonic()
+    extensions = mypycify(paths, opt_level="3", group_name=GROUP, target_dir=BUILD_DIR)
+    setup(
+        name="extauthz-compiled",
+        ext_modules=extensions,
+        script_args=["-q", "build_ext", "--inplace", f"--build-temp={BUILD_DIR}/temp",
+                     f"--build-lib={BUILD_DIR}/lib", f"--parallel={jobs}"],
+    )
+    got = compiled.compiled_modules()
+    for name in got:  # built from the sources as they are now (build_ext copies keep old times)
+        ext = compiled.extension_of(name)
+        if ext is not None:
+            ext.touch()
+    missing = sorted(set(compiled.HOT_PATH) - set(got))
+    print(f"compiled {len(got)} modules in {time.monotonic() - t0:.0f} s"
+          + (f"; NOT compiled: {', '.join(missing)}" if missing else ""))
+    return 1 if missing else 0
+
+
+def clean() -> int:
+    removed = 0
+    for name in compiled.compiled_modules():
+        ext = compiled.extension_of(name)
+        if ext is not None:
+            ext.unlink()
+            removed += 1
+    for lib in compiled.PACKAGE.glob(GROUP.rsplit(".", 1)[1] + "__mypyc*"):
+        lib.unlink()
+    print(f"removed {removed} compiled modules: extauthz runs as pure Python")
+    return 0
+
+
+def status() -> int:
+    print(compiled.summary())
+    for name in compiled.compiled_modules():
+        print(f"  {name}")
+    for name in compiled.stale_modules():
+        print(f"  stale (source newer): {name}")
+    return 1 if compiled.stale_modules() else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("action", choices=["build", "clean", "status"])
+    p.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 1, help="parallel C compiles")
+    args = p.parse_args(argv)
+    if args.action == "build":
+        return build(args.jobs)
+    return clean() if args.action == "clean" else status()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
