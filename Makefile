@@ -34,12 +34,18 @@ test-deps:
 run: setup
 	$(BIN)/extauthz demo --policies policies
 
-## The whole test suite: generated code fresh, lint, types, import contracts, unit and end-to-end tests.
+## The whole test suite: generated code fresh, lint, types, import contracts, then the Check core's
+## tests on the pure-Python package (the fallback), then every test on the mypyc build of the hot
+## path (what runs fast: `make compiled`). The tree is left compiled; `make pure` undoes it.
+PURE_SMOKE := tests/pipeline tests/decision tests/envoy tests/cli/test_compiled.py
 test: setup test-deps
 	$(BIN)/python -m extauthz.tools.protogen --check
 	$(BIN)/ruff check extauthz tests bench
 	$(BIN)/mypy extauthz
 	$(BIN)/lint-imports
+	$(BIN)/python bench/compiled.py clean
+	$(BIN)/python -m pytest -q -p no:cacheprovider $(PURE_SMOKE)
+	$(MAKE) --no-print-directory compiled
 	$(BIN)/python -m pytest -q
 
 ## Lint, types and the import contracts (pyproject.toml [tool.importlinter]; docs/architecture.md).
@@ -48,8 +54,8 @@ lint: setup
 	$(BIN)/mypy extauthz
 	$(BIN)/lint-imports
 
-## Opt-in: compile the Check hot path with mypyc in place (needs gcc and the Python headers;
-## bench/README.md "Compiled with mypyc"). `make pure` removes it: the default pure-Python package.
+## Compile the Check hot path with mypyc in place (needs gcc and the Python headers;
+## bench/README.md "Compiled with mypyc"). `make pure` removes it: the pure-Python package.
 compiled: setup
 	$(BIN)/python -c 'import setuptools' 2>/dev/null || $(BIN)/python -m pip install -q setuptools
 	$(BIN)/python bench/compiled.py build

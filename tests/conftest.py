@@ -24,6 +24,20 @@ from helpers import (  # noqa: E402
 )
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """A compiled module older than its source would run the old code in place of the edited
+    one (``make compiled``): refuse to test that build."""
+    from extauthz import compiled
+
+    stale = compiled.stale_modules()
+    if stale:
+        pytest.exit(
+            f"compiled modules older than their source ({', '.join(stale)}): "
+            "run `make compiled` again, or `make pure`",
+            returncode=2,
+        )
+
+
 @pytest.fixture(scope="session")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> DevPki:
     """CA, SVIDs (``frontend``, ``api``, ``intruder``) and Envoy's server cert, as PEM files."""

@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 
+from extauthz import compiled
 from extauthz.logs import setup_logging
 from extauthz.policy import PolicyError
 from extauthz.serving import workers
@@ -31,6 +32,10 @@ def serve(settings: Settings) -> int:
 
 def serve_worker(settings: Settings, worker: int | None = None) -> int:
     """One serving process on ``settings.listen`` with the chosen transport."""
+    stale = compiled.stale_modules()
+    if stale:  # the compiled code runs, not the edited source
+        log.warning("compiled modules older than their source (make compiled): %s", ", ".join(stale))
+    log.info("hot path: %s", compiled.summary())
     with running(settings, worker) as service:
         if settings.transport == "h2corn":
             from extauthz.serving.h2corn import serve_h2corn
