@@ -72,6 +72,7 @@ protos: setup
 bench-deps: setup
 	command -v h2load >/dev/null || (apt-get update -qq && apt-get install -y -qq nghttp2-client wrk)
 	$(BIN)/python -m pip install -q -e '.[test,bench]'
+	$(MAKE) --no-print-directory compiled
 
 bench-grpc: bench-deps
 	$(BIN)/python bench/run.py grpc --open-loop

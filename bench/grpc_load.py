@@ -138,10 +138,21 @@ def point(proc: Any, body: BodySet, seconds: float, warm_body: BodySet | None = 
     return load, split, sum(w.ok for w in warm)
 
 
+def build_summary() -> str:
+    """``pure Python`` or ``compiled with mypyc: N modules`` (extauthz --version)."""
+    from extauthz import compiled
+
+    return compiled.summary()
+
+
 def check_baseline(rows: list[dict[str, Any]], path: Path) -> int:
     """1 when a ratio of this run is more than the baseline's tolerance below the baseline's."""
     base = json.loads(path.read_text())
     tol = float(base.get("tolerance", TOLERANCE))
+    built, now = base.get("build"), build_summary()
+    if built and built != now:  # ratios of a pure run are ~25% below a compiled baseline's
+        print(f"check: the baseline was measured {built}; this run is {now} (make compiled)",
+              file=sys.stderr)
     got = {r["name"]: r.get("ratio_to_noop") for r in rows}
     bad = 0
     for name, want in base["ratios"].items():
@@ -273,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         ratios = {r["name"]: r["ratio_to_noop"] for r in rows
                   if r["name"].startswith("extauthz") and isinstance(r.get("ratio_to_noop"), float)}
         Path(args.write_baseline).write_text(
-            json.dumps({"tolerance": TOLERANCE, "ratios": ratios,
+            json.dumps({"tolerance": TOLERANCE, "ratios": ratios, "build": build_summary(),
                         "method": "bench/run.py grpc: ratio of per-core checks/s to noop-grpcio, same run"},
                        indent=2) + "\n"
         )
