@@ -37,7 +37,9 @@ run: setup
 ## The whole test suite: generated code fresh, lint, types, import contracts, then the Check core's
 ## tests on the pure-Python package (the fallback), then every test on the mypyc build of the hot
 ## path (what runs fast: `make compiled`). The tree is left compiled; `make pure` undoes it.
-PURE_SMOKE := tests/pipeline tests/decision tests/envoy tests/cli/test_compiled.py
+PURE_SMOKE := tests/pipeline tests/envoy tests/cli/test_compiled.py tests/decision/test_cache.py \
+              tests/decision/test_hit_record.py tests/decision/test_response_identity.py \
+              tests/decision/test_audit_caps.py tests/decision/test_record_input.py
 test: setup test-deps
 	$(BIN)/python -m extauthz.tools.protogen --check
 	$(BIN)/ruff check extauthz tests bench
