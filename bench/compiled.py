@@ -1,6 +1,6 @@
 """The opt-in compiled build: mypyc compiles the Check hot path in place (``make compiled``).
 
-    python bench/compiled.py build [-j N]   # compile extauthz.compiled.HOT_PATH, .so next to .py
+    python bench/compiled.py build [-j N] [--if-possible]   # compile HOT_PATH, .so next to .py
     python bench/compiled.py clean          # remove them: the pure-Python package again
     python bench/compiled.py status         # which modules import compiled (and stale ones)
 
@@ -27,7 +27,24 @@ GROUP = "extauthz._compiled"  # the shared library: extauthz/_compiled__mypyc.*.
 BUILD_DIR = "build/mypyc"
 
 
-def build(jobs: int) -> int:
+def toolchain_missing() -> str | None:
+    """Why this machine cannot build the extensions (no C compiler, no Python headers), or None."""
+    import shutil
+    import sysconfig
+
+    if not any(shutil.which(cc) for cc in (os.environ.get("CC", "cc"), "gcc", "clang")):
+        return "no C compiler (cc, gcc or clang)"
+    include = Path(sysconfig.get_paths()["include"])
+    if not (include / "Python.h").is_file():
+        return f"no Python headers ({include}/Python.h; Debian: python3-dev)"
+    return None
+
+
+def build(jobs: int, if_possible: bool = False) -> int:
+    missing = toolchain_missing()
+    if missing is not None:
+        print(f"cannot compile the hot path: {missing}; extauthz runs as pure Python")
+        return 0 if if_possible else 1
     from mypyc.build import mypycify
     from setuptools import setup
 
@@ -78,9 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("action", choices=["build", "clean", "status"])
     p.add_argument("-j", "--jobs", type=int, default=os.cpu_count() or 1, help="parallel C compiles")
+    p.add_argument("--if-possible", action="store_true",
+                   help="build: without a C compiler or the Python headers, say so and exit 0")
     args = p.parse_args(argv)
     if args.action == "build":
-        return build(args.jobs)
+        return build(args.jobs, args.if_possible)
     return clean() if args.action == "clean" else status()
 
 
