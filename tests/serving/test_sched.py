@@ -57,7 +57,7 @@ def test_only_the_io_threads_get_sched_batch() -> None:
     threads = [_named_thread(n, stop, tids) for n in ("tokio-rt-worker", "audit-writer")]
     try:
         assert _wait_for(lambda: len(tids) == 2 and set(tids) <= set(thread_names().values()))
-        assert batch_io_threads() == 1
+        assert batch_io_threads() >= 1  # (other tokio threads of this process would count too)
         assert os.sched_getscheduler(tids["tokio-rt-worker"]) == os.SCHED_BATCH
         assert os.sched_getscheduler(tids["audit-writer"]) == os.SCHED_OTHER
         assert os.sched_getscheduler(threading.get_native_id()) == os.SCHED_OTHER
