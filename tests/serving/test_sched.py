@@ -6,12 +6,11 @@ from __future__ import annotations
 import ctypes
 import os
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from helpers import ExtauthzProcess, write_policies
+from helpers import ExtauthzProcess, wait_until, write_policies
+from helpers.decisions import POLICY
 
 from extauthz.serving.sched import batch_io_threads, thread_names
 from extauthz.settings import SettingsError, build_settings
@@ -19,15 +18,6 @@ from extauthz.settings import SettingsError, build_settings
 pytestmark = pytest.mark.skipif(
     not hasattr(os, "SCHED_BATCH") or not os.path.isdir("/proc/self/task"), reason="Linux only"
 )
-
-POLICY = """
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: p, namespace: istio-system}
-spec:
-  rules:
-  - to: [{operation: {paths: ["/items"]}}]
-"""
 
 
 def _named_thread(name: str, stop: threading.Event, tids: dict[str, int]) -> threading.Thread:
@@ -42,21 +32,12 @@ def _named_thread(name: str, stop: threading.Event, tids: dict[str, int]) -> thr
     return t
 
 
-def _wait_for(predicate: Callable[[], bool], timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
-
-
 def test_only_the_io_threads_get_sched_batch() -> None:
     stop = threading.Event()
     tids: dict[str, int] = {}
     threads = [_named_thread(n, stop, tids) for n in ("tokio-rt-worker", "audit-writer")]
     try:
-        assert _wait_for(lambda: len(tids) == 2 and set(tids) <= set(thread_names().values()))
+        wait_until(lambda: len(tids) == 2 and set(tids) <= set(thread_names().values()), 15)
         assert batch_io_threads() >= 1  # (other tokio threads of this process would count too)
         assert os.sched_getscheduler(tids["tokio-rt-worker"]) == os.SCHED_BATCH
         assert os.sched_getscheduler(tids["audit-writer"]) == os.SCHED_OTHER
@@ -90,4 +71,4 @@ def test_serve_puts_h2corn_io_threads_under_sched_batch(tmp_path: Path) -> None:
     write_policies(policies, {"p.yaml": POLICY})
     with ExtauthzProcess(policies, tmp_path / "run", extra_args=["--transport", "h2corn"]).start() as proc:
         assert proc.pid is not None
-        assert _wait_for(lambda: _io_policies(proc.pid or 0) == {os.SCHED_BATCH}), _io_policies(proc.pid)
+        wait_until(lambda: _io_policies(proc.pid or 0) == {os.SCHED_BATCH}, 15, what="SCHED_BATCH")
