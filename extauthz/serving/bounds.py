@@ -82,11 +82,14 @@ class Deadlines:
         self._pending: dict[asyncio.Task[Any], float] = {}
         self._expired: set[asyncio.Task[Any]] = set()
         self._timer: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the timer's
 
     def enter(self, task: asyncio.Task[Any], deadline: float) -> None:
         self._pending[task] = deadline
-        if self._timer is None:
-            self._timer = asyncio.get_running_loop().call_at(deadline, self._fire)
+        loop = asyncio.get_running_loop()
+        if self._timer is None or self._loop is not loop:  # (an app outliving its first loop)
+            self._loop = loop
+            self._timer = loop.call_at(deadline, self._fire)
 
     def leave(self, task: asyncio.Task[Any]) -> None:
         self._pending.pop(task, None)
@@ -101,13 +104,15 @@ class Deadlines:
         return True
 
     def _fire(self) -> None:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            return  # a timer of a loop this app no longer runs on
         self._timer = None
         pending = self._pending
         if not pending:
             return
-        loop = asyncio.get_running_loop()
         now = loop.time()
-        late = [t for t, d in pending.items() if d <= now]
+        late = [t for t, d in pending.items() if d <= now and t.get_loop() is loop]
         for task in late:
             del pending[task]
             self._expired.add(task)

@@ -94,3 +94,26 @@ def test_a_cancellation_from_elsewhere_still_cancels() -> None:
 
     asyncio.run(main())
     assert limits.budget.total == 0
+
+
+def test_an_app_outliving_its_first_event_loop_keeps_deadlines_on_the_next() -> None:
+    """One app, two loops one after the other (tests and benches run an app under several
+    asyncio.run calls): the second loop's reads time out too."""
+    limits = _limits(0.05)
+
+    async def stuck() -> str | None:
+        _, why = await bounds.read_body(_never_ends(FRAME[:3]), limits, None)
+        return why
+
+    assert asyncio.run(stuck()) == bounds.TIMEOUT
+    limits.deadlines = bounds.Deadlines(granularity=0.01)
+    long = _limits(60)
+    long.deadlines = limits.deadlines
+
+    async def arm_far() -> None:
+        task = asyncio.ensure_future(bounds.read_body(_never_ends(FRAME[:3]), long, None))
+        await asyncio.sleep(0.01)  # the timer is armed 60 s ahead on this loop
+        task.cancel()
+
+    asyncio.run(arm_far())
+    assert asyncio.run(asyncio.wait_for(stuck(), 5)) == bounds.TIMEOUT
