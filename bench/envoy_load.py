@@ -15,9 +15,10 @@ carries ~10 headers and a ~600-byte bearer token. Configurations:
 
 The CPU split (seconds of CPU used by Envoy, the authz service and h2load in the measured
 window) is in the JSON and the table. ``--open-loop`` adds a run at 50% of the measured maximum
-for extauthz (p99 at half load). extauthz writes its audit log to a real file; its rows report
-``checks``, ``records``, ``lost`` and ``valid`` (bench/audit_count.py): a row with a lost record
-is not a result.
+for extauthz (p99 at half load) and one of the no-op on the same transport at that rate
+(``p99_vs_noop``: the issue's latency target through Envoy). extauthz writes its audit log to
+a real file; its rows report ``checks``, ``records``, ``lost`` and ``valid``
+(bench/audit_count.py): a row with a lost record is not a result.
 """
 
 from __future__ import annotations
@@ -95,8 +96,18 @@ HEADERS = [
     "x-tenant: shop",
     f"authorization: Bearer {BEARER}",
 ]
-COLUMNS = ["name", "rps", "ratio_to_noop", "ratio_to_none", "p50_ms", "p99_ms", "failed"]
+COLUMNS = ["name", "rps", "ratio_to_noop", "ratio_to_none", "p50_ms", "p99_ms", "p99_vs_noop", "failed"]
 COLUMNS += [*AUDIT_COLUMNS, "us_per_req"]
+
+
+def noop_cmd(transport: str, port: int) -> list[str]:
+    """The no-op Check server on ``transport`` (bench/noop.py)."""
+    if transport == "grpcio":
+        return [sys.executable, "bench/noop.py", "grpcio-sync", f"127.0.0.1:{port}", "4"]
+    return [
+        "h2corn", "--grpc", "--no-http1", "--no-access-log", "--runtime-threads", "1",
+        "--lifespan", "off", "-b", f"127.0.0.1:{port}", "bench.noop:app",
+    ]
 
 
 def envoy_for(
@@ -187,22 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         point("rbac", "rbac", None, [])
         for transport in transports:
             port = free_port()
-            if transport == "grpcio":
-                cmd = [sys.executable, "bench/noop.py", "grpcio-sync", f"127.0.0.1:{port}", "4"]
-            else:
-                cmd = [
-                    "h2corn",
-                    "--grpc",
-                    "--no-http1",
-                    "--no-access-log",
-                    "--runtime-threads",
-                    "1",
-                    "--lifespan",
-                    "off",
-                    "-b",
-                    f"127.0.0.1:{port}",
-                    "bench.noop:app",
-                ]
+            cmd = noop_cmd(transport, port)
             with started(f"noop-{transport}", cmd, port=port) as noop:
                 point(f"noop-{transport}", "authz", noop, [f"127.0.0.1:{port}"])
         for i, transport in enumerate(transports):
@@ -244,11 +240,23 @@ def main(argv: list[str] | None = None) -> int:
                             audit=audit,
                         )
                         rr["target_rps"] = round(r["rps"] / 2)
+                        # the no-op on the same transport at the same rate: p99 against p99
+                        nport = free_port()
+                        with started(f"noop-{transport}", noop_cmd(transport, nport), port=nport) as noop:
+                            rn = point(
+                                f"noop-{transport}@same-rate",
+                                "authz",
+                                noop,
+                                [f"127.0.0.1:{nport}"],
+                                rate=r["rps"] / 2,
+                            )
+                        if rn["p99_ms"]:
+                            rr["p99_vs_noop"] = round(rr["p99_ms"] / rn["p99_ms"], 2)
     by_name = {r["name"]: r for r in rows}
     none = by_name["none"]["rps"] or 1.0
     for r in rows:
         r["ratio_to_none"] = round(r["rps"] / none, 3)
-        if r["name"].startswith("extauthz-"):
+        if r["name"].startswith("extauthz-"):  # (noop-*@same-rate rows get no ratio)
             transport = r["name"].split("-")[1].split("@")[0]
             noop = by_name.get(f"noop-{transport}", {}).get("rps") or 0
             r["ratio_to_noop"] = round(r["rps"] / noop, 3) if noop else ""
