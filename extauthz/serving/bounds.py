@@ -80,7 +80,7 @@ class Deadlines:
     def __init__(self, granularity: float = 0.05) -> None:
         self.granularity = granularity
         self._pending: dict[asyncio.Task[Any], float] = {}
-        self._expired: set[asyncio.Task[Any]] = set()
+        self._expired: dict[asyncio.Task[Any], int] = {}  # task -> its cancellations before ours
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # the timer's
 
@@ -93,15 +93,17 @@ class Deadlines:
 
     def leave(self, task: asyncio.Task[Any]) -> None:
         self._pending.pop(task, None)
+        if self._expired:
+            self._expired.pop(task, None)
 
     def expired(self, task: asyncio.Task[Any]) -> bool:
-        """Whether ``task`` was cancelled here (then its cancellation is withdrawn: the caller
-        answers TIMEOUT instead)."""
-        if task not in self._expired:
+        """Whether ``task`` was cancelled here and only here (then that cancellation is
+        withdrawn: the caller answers TIMEOUT instead). Cancelled from elsewhere as well (the
+        server shutting down): False, and the cancellation goes on."""
+        before = self._expired.pop(task, None)
+        if before is None:
             return False
-        self._expired.discard(task)
-        task.uncancel()
-        return True
+        return task.uncancel() <= before
 
     def _fire(self) -> None:
         loop = asyncio.get_running_loop()
@@ -115,7 +117,7 @@ class Deadlines:
         late = [t for t, d in pending.items() if d <= now and t.get_loop() is loop]
         for task in late:
             del pending[task]
-            self._expired.add(task)
+            self._expired[task] = task.cancelling()
             task.cancel()
         if pending:
             when = max(min(pending.values()), now + self.granularity)
@@ -196,7 +198,7 @@ async def read_body(receive: Receive, limits: Limits, conn: ConnectionKey) -> tu
             return b"", TIMEOUT
         raise
     finally:
-        deadlines.leave(task)
+        deadlines.leave(task)  # (and forgets an expiry a cancellation from elsewhere overtook)
         chunks.clear()
         budget.give(conn, held)
 

@@ -117,3 +117,21 @@ def test_an_app_outliving_its_first_event_loop_keeps_deadlines_on_the_next() -> 
 
     asyncio.run(arm_far())
     assert asyncio.run(asyncio.wait_for(stuck(), 5)) == bounds.TIMEOUT
+
+
+def test_a_shutdown_cancellation_arriving_with_the_deadline_still_cancels() -> None:
+    """The deadline passed and the server cancels the call in the same loop turn: the call is
+    cancelled (not answered as a timeout with the shutdown swallowed)."""
+    limits = _limits(60)
+
+    async def main() -> None:
+        task = asyncio.ensure_future(bounds.read_body(_never_ends(FRAME[:3]), limits, None))
+        await asyncio.sleep(0.01)
+        limits.deadlines._pending[task] = 0.0  # its deadline has passed
+        limits.deadlines._fire()  # the deadline's cancellation...
+        task.cancel()  # ...and the server's, before the task runs again
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert not limits.deadlines._expired and not limits.deadlines._pending
