@@ -79,13 +79,14 @@ class Deadlines:
 
     def __init__(self, granularity: float = 0.05) -> None:
         self.granularity = granularity
-        self._pending: dict[asyncio.Task[Any], float] = {}
+        # task -> (deadline, its cancellation requests when it entered: asyncio.timeout's rule)
+        self._pending: dict[asyncio.Task[Any], tuple[float, int]] = {}
         self._expired: dict[asyncio.Task[Any], int] = {}  # task -> its cancellations before ours
         self._timer: asyncio.TimerHandle | None = None
         self._loop: asyncio.AbstractEventLoop | None = None  # the timer's
 
     def enter(self, task: asyncio.Task[Any], deadline: float) -> None:
-        self._pending[task] = deadline
+        self._pending[task] = (deadline, task.cancelling())
         loop = asyncio.get_running_loop()
         if self._timer is None or self._loop is not loop:  # (an app outliving its first loop)
             self._loop = loop
@@ -114,13 +115,12 @@ class Deadlines:
         if not pending:
             return
         now = loop.time()
-        late = [t for t, d in pending.items() if d <= now and t.get_loop() is loop]
+        late = [t for t, (d, _) in pending.items() if d <= now and t.get_loop() is loop]
         for task in late:
-            del pending[task]
-            self._expired[task] = task.cancelling()
+            self._expired[task] = pending.pop(task)[1]
             task.cancel()
         if pending:
-            when = max(min(pending.values()), now + self.granularity)
+            when = max(min(d for d, _ in pending.values()), now + self.granularity)
             self._timer = loop.call_at(when, self._fire)
 
 
@@ -151,8 +151,9 @@ def _declares_too_much(head: bytes, max_body: int) -> bool:
 async def read_body(receive: Receive, limits: Limits, conn: ConnectionKey) -> tuple[bytes, str | None]:
     """The whole request body, or (b"", why it was refused: TOO_LARGE, TIMEOUT, BUDGET, GONE).
 
-    The body must be complete ``limits.timeout`` seconds after its first event (the call's
-    start: h2corn hands the headers and the first DATA over together).
+    Once its first event is in, the body must be complete ``limits.timeout`` seconds later (the
+    wait for that first event is bounded by h2corn's ``timeout_request_body_idle``, the
+    backstop set just outside ``body_timeout``: serving/h2corn.py ``h2corn_bounds``).
 
     Every byte held across a wait is reserved in ``limits.budget`` and released on return."""
     first = await receive()

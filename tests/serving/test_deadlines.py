@@ -127,9 +127,26 @@ def test_a_shutdown_cancellation_arriving_with_the_deadline_still_cancels() -> N
     async def main() -> None:
         task = asyncio.ensure_future(bounds.read_body(_never_ends(FRAME[:3]), limits, None))
         await asyncio.sleep(0.01)
-        limits.deadlines._pending[task] = 0.0  # its deadline has passed
+        limits.deadlines._pending[task] = (0.0, 0)  # its deadline has passed
         limits.deadlines._fire()  # the deadline's cancellation...
         task.cancel()  # ...and the server's, before the task runs again
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+    assert not limits.deadlines._expired and not limits.deadlines._pending
+
+
+def test_a_shutdown_cancellation_arriving_just_before_the_deadline_still_cancels() -> None:
+    """The other order: the server cancels first, the deadline fires in the same loop turn."""
+    limits = _limits(60)
+
+    async def main() -> None:
+        task = asyncio.ensure_future(bounds.read_body(_never_ends(FRAME[:3]), limits, None))
+        await asyncio.sleep(0.01)
+        task.cancel()  # the server's cancellation...
+        limits.deadlines._pending[task] = (0.0, limits.deadlines._pending[task][1])
+        limits.deadlines._fire()  # ...then the deadline's, before the task runs again
         with pytest.raises(asyncio.CancelledError):
             await task
 
