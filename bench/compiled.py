@@ -13,6 +13,7 @@ into the package (.gitignore'd). Nothing in extauthz needs them: without them, o
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -50,6 +51,9 @@ def build(jobs: int, if_possible: bool = False) -> int:
 
     os.chdir(ROOT)  # mypy reads pyproject.toml's [tool.mypy] from here
     paths = [str(compiled.source_of(m).relative_to(ROOT)) for m in compiled.HOT_PATH]
+    # The sources as this build reads them: an edit made while it runs shows as stale after.
+    digests = {m: compiled.source_digest(m) for m in compiled.HOT_PATH}
+    (compiled.PACKAGE / compiled.MANIFEST).unlink(missing_ok=True)  # until this build is done
     t0 = time.monotonic()
     extensions = mypycify(paths, opt_level="3", group_name=GROUP, target_dir=BUILD_DIR)
     setup(
@@ -59,17 +63,23 @@ def build(jobs: int, if_possible: bool = False) -> int:
                      f"--build-lib={BUILD_DIR}/lib", f"--parallel={jobs}"],
     )
     got = compiled.compiled_modules()
-    for name in got:  # built from the sources as they are now (build_ext copies keep old times)
-        ext = compiled.extension_of(name)
-        if ext is not None:
-            ext.touch()
+    (compiled.PACKAGE / compiled.MANIFEST).write_text(
+        json.dumps({"mypyc": mypyc_version(), "sources": digests}, indent=1, sort_keys=True) + "\n"
+    )
     missing = sorted(set(compiled.HOT_PATH) - set(got))
     print(f"compiled {len(got)} modules in {time.monotonic() - t0:.0f} s"
           + (f"; NOT compiled: {', '.join(missing)}" if missing else ""))
     return 1 if missing else 0
 
 
+def mypyc_version() -> str:
+    from mypy.version import __version__
+
+    return str(__version__)
+
+
 def clean() -> int:
+    (compiled.PACKAGE / compiled.MANIFEST).unlink(missing_ok=True)
     removed = 0
     for name in compiled.compiled_modules():
         ext = compiled.extension_of(name)
@@ -87,7 +97,7 @@ def status() -> int:
     for name in compiled.compiled_modules():
         print(f"  {name}")
     for name in compiled.stale_modules():
-        print(f"  stale (source newer): {name}")
+        print(f"  stale (not built from the current source): {name}")
     return 1 if compiled.stale_modules() else 0
 
 

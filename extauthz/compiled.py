@@ -12,7 +12,9 @@ callers do not see): ``identity/resolver.py`` (``IdentityContext.resolver``).
 
 from __future__ import annotations
 
+import hashlib
 import importlib.machinery
+import json
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent
@@ -73,14 +75,23 @@ def compiled_modules() -> list[str]:
     return found
 
 
+MANIFEST = "_compiled.manifest.json"  # beside the package's __init__: source digests of a build
+
+
+def source_digest(module: str) -> str:
+    return hashlib.sha256(source_of(module).read_bytes()).hexdigest()
+
+
 def stale_modules() -> list[str]:
-    """Compiled modules whose source changed after they were built (``make compiled`` again)."""
-    stale = []
-    for name in compiled_modules():
-        ext = extension_of(name)
-        if ext is not None and source_of(name).stat().st_mtime > ext.stat().st_mtime:
-            stale.append(name)
-    return stale
+    """Compiled modules whose source is not the one they were built from (``make compiled``
+    again): the build records each source's SHA-256 (``MANIFEST``); file times are not trusted
+    (a checkout, ``cp -p`` or ``tar`` can give an edited source an old time). A compiled module
+    the manifest does not vouch for (no manifest, not listed) counts as stale too."""
+    try:
+        built: dict[str, str] = json.loads((PACKAGE / MANIFEST).read_text())["sources"]
+    except (OSError, ValueError, KeyError, TypeError):
+        built = {}
+    return [name for name in compiled_modules() if built.get(name) != source_digest(name)]
 
 
 def summary() -> str:
@@ -90,4 +101,4 @@ def summary() -> str:
         return "pure Python"
     stale = stale_modules()
     text = f"compiled with mypyc: {len(compiled)} modules"
-    return text + (f", {len(stale)} older than their source" if stale else "")
+    return text + (f", {len(stale)} not built from their current source" if stale else "")

@@ -25,14 +25,14 @@ from helpers import (  # noqa: E402
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:
-    """A compiled module older than its source would run the old code in place of the edited
-    one (``make compiled``): refuse to test that build."""
+    """A compiled module not built from its current source would run the old code in place of
+    the edited one (``make compiled``): refuse to test that build."""
     from extauthz import compiled
 
     stale = compiled.stale_modules()
     if stale:
         pytest.exit(
-            f"compiled modules older than their source ({', '.join(stale)}): "
+            f"compiled modules not built from their current source ({', '.join(stale)}): "
             "run `make compiled` again, or `make pure`",
             returncode=2,
         )

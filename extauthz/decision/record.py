@@ -110,7 +110,8 @@ class HitTemplate:
     The record is ``{"time":T,"decision_id":D`` + ``head`` + path + ``middle`` + latency +
     ``after`` + path + ``tail`` [+ ``,"request_id":R``] [+ ``,"worker":W``] + ``}``: the members
     in ``audit_record``'s order, byte for byte what ``encode_body`` makes of ``hit_record``'s dict
-    (tests/decision/test_hit_record.py)."""
+    (tests/decision/test_hit_record.py) — but for a float's spelling when the request's own
+    members are not plain ASCII (``audit.record.encode_json``)."""
 
     head: str  # ',"allowed":...,"request":{"method":...,"host":...,"path":'
     middle: str  # '},"token":{...},"cache":"hit","latency_us":'

@@ -33,8 +33,12 @@ def serve(settings: Settings) -> int:
 def serve_worker(settings: Settings, worker: int | None = None) -> int:
     """One serving process on ``settings.listen`` with the chosen transport."""
     stale = compiled.stale_modules()
-    if stale:  # the compiled code runs, not the edited source
-        log.warning("compiled modules older than their source (make compiled): %s", ", ".join(stale))
+    if stale:  # the compiled code would run, not the source: refuse
+        log.error(
+            "compiled modules not built from their current source (make compiled, or make pure): %s",
+            ", ".join(stale),
+        )
+        return 2
     log.info("hot path: %s", compiled.summary())
     with running(settings, worker) as service:
         if settings.transport == "h2corn":
