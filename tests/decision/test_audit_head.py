@@ -12,7 +12,7 @@ from helpers import ExtauthzProcess, write_policies
 
 from extauthz.cli import main
 from extauthz.decision.audit import AuditLog, FileSink, Hasher, verify
-from extauthz.decision.audit.head import Head, head_path
+from extauthz.decision.audit.head import Head, head_path, read_head
 from extauthz.tools.samples import check_request
 
 KEY = b"0123456789abcdef-secret"
@@ -144,3 +144,19 @@ def test_a_character_device_gets_no_head(tmp_path: Path) -> None:
     log.close()
     assert not sink.anchored and sink.max_bytes == 0
     assert not Path("/dev/null.head").exists()
+
+
+def test_the_head_exists_before_the_first_record(tmp_path: Path) -> None:
+    """A process killed after writing its first records but before anchoring them must leave a
+    head behind the log (the restart counts the records after it and reconciles the offered
+    counters), not no head at all (which says nothing: the loss went uncounted; a supervisor
+    stopped and killed right after its first writes showed it, tests/faults/test_audit_kill.py)."""
+    log = tmp_path / "audit.log"
+    audit = AuditLog.open(str(log))
+    try:
+        head = read_head(head_path(log), Hasher())
+        assert isinstance(head, Head), head
+        assert (head.seq, head.acc) == (0, (0, 0))
+        assert not list(tmp_path.glob(".*.tmp"))  # the first head was renamed into place
+    finally:
+        audit.close()

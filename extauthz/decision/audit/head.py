@@ -77,10 +77,23 @@ class HeadFile:
         self._fd: int | None = None
 
     def write(self, state: ChainState, hasher: Hasher, acc: Counts | None = None) -> None:
-        if self._fd is None:
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         data = Head(state.seq, state.last_hash, acc).render(hasher)
-        os.pwrite(self._fd, data[:-1].ljust(HEAD_BYTES - 1) + b"\n", 0)
+        record = data[:-1].ljust(HEAD_BYTES - 1) + b"\n"
+        if self._fd is None:
+            try:
+                self._fd = os.open(self.path, os.O_RDWR)
+            except FileNotFoundError:  # the first head: whole or absent, never an empty file
+                tmp = self.path.with_name("." + self.path.name + ".tmp")  # (no log glob matches it)
+                fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+                try:
+                    os.pwrite(fd, record, 0)
+                    os.rename(tmp, self.path)
+                except BaseException:
+                    os.close(fd)
+                    raise
+                self._fd = fd
+                return
+        os.pwrite(self._fd, record, 0)
 
     def close(self) -> None:
         fd, self._fd = self._fd, None

@@ -100,6 +100,9 @@ class AuditLog:
             log.error("audit log %s at startup: %s", event["event"], event)
             body = encode_body({"time": rfc3339_now(), **event})
             self._q.append((False, accounting_line(body, *acc)))
+        # A head before the first record: a kill between a write and its anchor then finds the
+        # head behind the log (and counts the records after it), never no head at all.
+        sink.anchor(self.state, self._acc(), force=True)
         self._writer = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._writer.start()
 
