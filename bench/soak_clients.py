@@ -33,6 +33,7 @@ from pathlib import Path
 from extauthz.decision.audit.files import LOST_EVENT, rotated_files
 from extauthz.devenv.h2raw import RawH2
 from extauthz.devenv.net import LOOPBACK, free_port, tcp_open
+from extauthz.devenv.processes import worker_pids
 
 # Reasons only a Check that never came through Envoy gets here: a body that tripped a bound.
 SLOW_REASONS = ("resource_limit", "malformed_check_request")
@@ -63,24 +64,6 @@ def killed_worker_losses(stderr: str) -> int:
 
 
 
-def workers_of(supervisor: int) -> dict[int, int]:
-    """{worker index: pid} of the ``--workers`` supervisor's children (``/proc``)."""
-    out: dict[int, int] = {}
-    try:
-        children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
-    except OSError:
-        return out
-    for child in children:
-        try:
-            env = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        for item in env:
-            if item.startswith(b"EXTAUTHZ_WORKER_INDEX="):
-                out[int(item.split(b"=", 1)[1])] = int(child)
-    return out
-
-
 def rss_kb(pid: int) -> int:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -102,7 +85,7 @@ class RssSampler(threading.Thread):
         self.peak_process = 0
 
     def sample(self) -> int:
-        pids = [self.supervisor, *workers_of(self.supervisor).values()]
+        pids = [self.supervisor, *worker_pids(self.supervisor).values()]
         sizes = [rss_kb(p) for p in pids]
         total = sum(sizes)
         self.peak_total = max(self.peak_total, total)
@@ -131,7 +114,7 @@ class WorkerKiller(threading.Thread):
     def run(self) -> None:
         while not self.stop.wait(self.every):
             index = len(self.kills) % self.workers
-            pid = workers_of(self.supervisor).get(index)
+            pid = worker_pids(self.supervisor).get(index)
             if pid is None:
                 self.not_found += 1
                 continue
@@ -143,7 +126,7 @@ class WorkerKiller(threading.Thread):
             self.kills.append((index, pid))
             deadline = time.monotonic() + 15.0
             while time.monotonic() < deadline and not self.stop.is_set():
-                new = workers_of(self.supervisor).get(index)
+                new = worker_pids(self.supervisor).get(index)
                 if new is not None and new != pid:
                     self.restarted += 1
                     break

@@ -18,6 +18,7 @@ from typing import IO, Any, Self
 
 from extauthz.decision.audit.files import read_records
 from extauthz.devenv.net import LOOPBACK, REPO_ROOT, free_port, tail, tcp_open
+from extauthz.serving.workers import ENV_INDEX
 from extauthz.tools.envoy_config import DownstreamTls, bootstrap, render_yaml
 
 # --------------------------------------------------------------------------- common
@@ -380,3 +381,23 @@ class EnvoyProcess(_Process):
             if sep and value.strip().lstrip("-").isdigit():
                 out[name] = int(value)
         return out
+
+
+def worker_pids(supervisor: int) -> dict[int, int]:
+    """{worker index: pid} of a ``serve --workers N`` supervisor's worker processes (``/proc``;
+    empty when the supervisor is gone)."""
+    out: dict[int, int] = {}
+    try:
+        children = Path(f"/proc/{supervisor}/task/{supervisor}/children").read_text().split()
+    except OSError:
+        return out
+    mark = f"{ENV_INDEX}=".encode()
+    for child in children:
+        try:
+            env = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        for item in env:
+            if item.startswith(mark):
+                out[int(item[len(mark) :])] = int(child)
+    return out

@@ -29,6 +29,7 @@ from pathlib import Path
 import grpc
 import pytest
 from helpers import ExtauthzProcess, free_port, write_policies
+from helpers.faults import PUBLIC_POLICY
 
 from extauthz._pb.envoy.service.auth.v3 import external_auth_pb2 as ext
 from extauthz.decision.audit import verify
@@ -39,14 +40,6 @@ pytestmark = pytest.mark.faults
 LIMIT = 24 * 1024  # bytes any one file of the service may reach (audit log, its own stderr)
 CHECKS = 300
 
-POLICY = """
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: public, namespace: shop}
-spec:
-  action: ALLOW
-  rules: [{to: [{operation: {paths: ["/public/*"]}}]}]
-"""
 
 
 def _limit_file_size() -> None:
@@ -70,7 +63,7 @@ def test_file_size_limit_gives_efbig(tmp_path: Path) -> None:
 
 
 def _serve(tmp_path: Path, config: str | None) -> tuple[ExtauthzProcess, int]:
-    policies = write_policies(tmp_path / "policies", {"p.yaml": POLICY})
+    policies = write_policies(tmp_path / "policies", {"p.yaml": PUBLIC_POLICY})
     metrics_port = free_port()
     args = ["--metrics", f"127.0.0.1:{metrics_port}"]
     if config is not None:

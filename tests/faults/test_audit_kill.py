@@ -23,41 +23,19 @@ import resource
 import signal
 from pathlib import Path
 
-import grpc
 import pytest
 from helpers import ExtauthzProcess, wait_until, write_policies
+from helpers.faults import PUBLIC_POLICY, allowed_checks
 
-from extauthz._pb.envoy.service.auth.v3 import external_auth_pb2 as ext
 from extauthz.decision.audit import verify
 from extauthz.decision.audit.files import read_records, rotated_files
 from extauthz.decision.audit.head import head_path
 from extauthz.decision.audit.shared import KILLED_REASON
+from extauthz.devenv.processes import worker_pids
 
 pytestmark = pytest.mark.faults
 
-POLICY = """
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: public, namespace: shop}
-spec:
-  action: ALLOW
-  rules: [{to: [{operation: {paths: ["/public/*"]}}]}]
-"""
 LIMIT = 24 * 1024
-
-
-def _checks(target: str, n: int, start: int = 0) -> list[int]:
-    """``n`` checks the policy allows, one after the other: their gRPC status codes."""
-    from extauthz.tools.samples import check_request
-
-    codes = []
-    with grpc.insecure_channel(target) as channel:
-        call = channel.unary_unary("/envoy.service.auth.v3.Authorization/Check")
-        for i in range(start, start + n):
-            msg = check_request(path=f"/public/{i}", headers={"x-request-id": f"req-{i}"})
-            resp = ext.CheckResponse.FromString(call(msg.SerializeToString(), timeout=10))
-            codes.append(resp.status.code)
-    return codes
 
 
 def _limit_file_size() -> None:
@@ -66,7 +44,7 @@ def _limit_file_size() -> None:
 
 
 def _serve(tmp_path: Path, run: str, workers: int, preexec_fn: object = None) -> ExtauthzProcess:
-    policies = write_policies(tmp_path / "policies", {"p.yaml": POLICY})
+    policies = write_policies(tmp_path / "policies", {"p.yaml": PUBLIC_POLICY})
     cfg = tmp_path / "config.yaml"
     cfg.write_text(f"workers: {workers}\n")
     return ExtauthzProcess(
@@ -76,17 +54,6 @@ def _serve(tmp_path: Path, run: str, workers: int, preexec_fn: object = None) ->
         extra_args=["--config", str(cfg)],
         preexec_fn=preexec_fn,  # type: ignore[arg-type]
     ).start(timeout=60)  # a restart waits for the killed run's workers to be gone
-
-
-def _worker_pid(pid: int, index: int) -> int | None:
-    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
-        try:
-            env = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if f"EXTAUTHZ_WORKER_INDEX={index}".encode() in env:
-            return int(child)
-    return None
 
 
 def _kill(proc: ExtauthzProcess) -> None:
@@ -122,11 +89,11 @@ def test_a_supervisor_killed_with_records_in_pipes_and_workers_has_them_counted_
 ) -> None:
     proc = _serve(tmp_path, "run1", 2)
     assert proc.pid is not None
-    wait_until(lambda: _worker_pid(proc.pid or 0, 0) is not None, 20)
-    answered = _checks(proc.grpc_target, 5)
+    wait_until(lambda: 0 in worker_pids(proc.pid or 0), 20)
+    answered = allowed_checks(proc.grpc_target, 5)
     os.kill(proc.pid, signal.SIGSTOP)  # the only writer stops: nothing answered from here on
     try:  # can reach the disk before the kill
-        answered += _checks(proc.grpc_target, 300, start=5)
+        answered += allowed_checks(proc.grpc_target, 300, start=5)
     finally:
         _kill(proc)  # SIGKILL ends a stopped process too; its workers then exit on their own
     assert answered.count(0) == 305  # all allowed
@@ -140,7 +107,7 @@ def test_a_writer_killed_with_losses_in_memory_has_them_counted_at_restart(
 ) -> None:
     proc = _serve(tmp_path, "run1", workers, _limit_file_size)
     try:
-        answered = _checks(proc.grpc_target, 150)  # ~700 bytes a record: most cannot be written
+        answered = allowed_checks(proc.grpc_target, 150)  # ~700 bytes a record: most cannot be written
     finally:
         _kill(proc)
     assert answered.count(0) == 150

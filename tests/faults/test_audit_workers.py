@@ -16,56 +16,21 @@ import os
 import signal
 from pathlib import Path
 
-import grpc
 import pytest
 from helpers import ExtauthzProcess, wait_until, write_policies
+from helpers.faults import PUBLIC_POLICY, allowed_checks
 
-from extauthz._pb.envoy.service.auth.v3 import external_auth_pb2 as ext
 from extauthz.decision.audit import verify
 from extauthz.decision.audit.files import count_records, read_records, rotated_files
-from extauthz.tools.samples import check_request
+from extauthz.devenv.processes import worker_pids
 
 pytestmark = pytest.mark.faults
 
-POLICY = """
-apiVersion: security.istio.io/v1
-kind: AuthorizationPolicy
-metadata: {name: public, namespace: shop}
-spec:
-  action: ALLOW
-  rules: [{to: [{operation: {paths: ["/public/*"]}}]}]
-"""
 LIMIT = 24 * 1024
 
 
-def _children(pid: int) -> dict[int, int]:
-    """{worker index: pid} of the supervisor's worker processes."""
-    out: dict[int, int] = {}
-    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
-        try:
-            env = Path(f"/proc/{child}/environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        for item in env:
-            if item.startswith(b"EXTAUTHZ_WORKER_INDEX="):
-                out[int(item.split(b"=", 1)[1])] = int(child)
-    return out
-
-
-def _checks(target: str, n: int, start: int = 0) -> list[int]:
-    """``n`` allowed checks (a big header: each record ~2 KB, so the pipe fills quickly)."""
-    codes = []
-    with grpc.insecure_channel(target) as channel:
-        call = channel.unary_unary("/envoy.service.auth.v3.Authorization/Check")
-        for i in range(start, start + n):
-            msg = check_request(path=f"/public/{i}", headers={"x-request-id": f"req-{i}"})
-            resp = ext.CheckResponse.FromString(call(msg.SerializeToString(), timeout=10))
-            codes.append(resp.status.code)
-    return codes
-
-
 def _serve(tmp_path: Path, config: str = "", preexec_fn: object = None) -> ExtauthzProcess:
-    policies = write_policies(tmp_path / "policies", {"p.yaml": POLICY})
+    policies = write_policies(tmp_path / "policies", {"p.yaml": PUBLIC_POLICY})
     cfg = tmp_path / "config.yaml"
     cfg.write_text("workers: 2\n" + config)
     return ExtauthzProcess(
@@ -77,12 +42,12 @@ def test_a_worker_killed_with_records_in_memory_has_them_recorded_as_lost(tmp_pa
     proc = _serve(tmp_path)
     try:
         assert proc.pid is not None
-        wait_until(lambda: 0 in _children(proc.pid or 0), 20)
-        answered = _checks(proc.grpc_target, 5)  # a worker 0 that works
+        wait_until(lambda: 0 in worker_pids(proc.pid or 0), 20)
+        answered = allowed_checks(proc.grpc_target, 5)  # a worker 0 that works
         os.kill(proc.pid, signal.SIGSTOP)  # the supervisor reads no more: worker 0's pipe fills
         try:
-            answered += _checks(proc.grpc_target, 400, start=5)  # answered: records in memory
-            os.kill(_children(proc.pid)[0], signal.SIGKILL)
+            answered += allowed_checks(proc.grpc_target, 400, start=5)  # answered: records in memory
+            os.kill(worker_pids(proc.pid)[0], signal.SIGKILL)
         finally:
             os.kill(proc.pid, signal.SIGCONT)
         # the supervisor sees the worker gone, settles its counts and writes the event
@@ -110,7 +75,7 @@ def _limit_file_size() -> None:
 def test_overflow_deny_holds_under_workers_when_the_disk_is_full(tmp_path: Path) -> None:
     proc = _serve(tmp_path, "audit_overflow: deny\n", _limit_file_size)
     try:
-        codes = _checks(proc.grpc_target, 200)
+        codes = allowed_checks(proc.grpc_target, 200)
     finally:
         proc.stop()
     # PERMISSION_DENIED (audit_unavailable): before, every check was allowed with a full disk
